@@ -1,0 +1,193 @@
+//! Transformer building blocks shared by the encoder and the decoder, in timm's names
+//! (`norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`).
+//!
+//! Every op here has a real backward in candle: candle-nn 0.11's fused `LayerNorm`,
+//! `softmax_last_dim` and `sdpa` do not, and gradients would silently stop there.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+/// `nn.Linear`: `y = x W^T + b`, weight `[out, in]`.
+pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+    Ok(Linear::new(weight, bias))
+}
+
+/// LayerNorm over the last dimension, composed of differentiable ops.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        centered
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// Softmax over the last dimension with a real backward. The max is a constant shift (softmax is
+/// invariant to it), so it is detached: same value, same gradient, less graph.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+}
+
+/// Multi-head self-attention with a fused `qkv` projection (rows ordered q, k, v).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub fn new(dim: usize, num_heads: usize, qkv_bias: bool, vb: VarBuilder) -> Result<Self> {
+        if num_heads == 0 || dim % num_heads != 0 {
+            candle_core::bail!("width {dim} is not divisible by {num_heads} attention heads")
+        }
+        Ok(Self {
+            qkv: linear(dim, 3 * dim, qkv_bias, vb.pp("qkv"))?,
+            proj: linear(dim, dim, true, vb.pp("proj"))?,
+            num_heads,
+            scale: 1.0 / ((dim / num_heads) as f64).sqrt(),
+        })
+    }
+}
+
+impl Module for Attention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let h = self.num_heads;
+        // qkv: [B, N, 3D] -> [3, B, H, N, D/H]
+        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, h, d / h))?.permute((2, 0, 3, 1, 4))?;
+        let q = (qkv.get(0)? * self.scale)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let attn = softmax_last_dim(&q.matmul(&k.t()?)?)?; // [B, H, N, N]
+        let out = attn.matmul(&v)?; // [B, H, N, D/H]
+        self.proj.forward(&out.transpose(1, 2)?.reshape((b, n, d))?)
+    }
+}
+
+/// The transformer MLP: `fc2(GELU(fc1(x)))`, GELU the exact (erf) form as in timm and HF.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { fc1: linear(dim, hidden, true, vb.pp("fc1"))?, fc2: linear(hidden, dim, true, vb.pp("fc2"))? })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// Shape of one pre-norm transformer block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockConfig {
+    pub dim: usize,
+    pub num_heads: usize,
+    pub mlp_dim: usize,
+    pub qkv_bias: bool,
+    pub layer_norm_eps: f64,
+}
+
+/// A pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+#[derive(Debug, Clone)]
+pub struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    pub fn new(cfg: &BlockConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: LayerNorm::new(cfg.dim, cfg.layer_norm_eps, vb.pp("norm1"))?,
+            attn: Attention::new(cfg.dim, cfg.num_heads, cfg.qkv_bias, vb.pp("attn"))?,
+            norm2: LayerNorm::new(cfg.dim, cfg.layer_norm_eps, vb.pp("norm2"))?,
+            mlp: Mlp::new(cfg.dim, cfg.mlp_dim, vb.pp("mlp"))?,
+        })
+    }
+
+    /// `(name, shape)` of every parameter of a block, relative to the block's prefix.
+    pub fn parameter_shapes(cfg: &BlockConfig) -> Vec<(String, Vec<usize>)> {
+        let (d, m) = (cfg.dim, cfg.mlp_dim);
+        let mut out = vec![
+            ("norm1.weight", vec![d]),
+            ("norm1.bias", vec![d]),
+            ("attn.qkv.weight", vec![3 * d, d]),
+        ];
+        if cfg.qkv_bias {
+            out.push(("attn.qkv.bias", vec![3 * d]));
+        }
+        out.extend([
+            ("attn.proj.weight", vec![d, d]),
+            ("attn.proj.bias", vec![d]),
+            ("norm2.weight", vec![d]),
+            ("norm2.bias", vec![d]),
+            ("mlp.fc1.weight", vec![m, d]),
+            ("mlp.fc1.bias", vec![m]),
+            ("mlp.fc2.weight", vec![d, m]),
+            ("mlp.fc2.bias", vec![d]),
+        ]);
+        out.into_iter().map(|(n, s)| (n.to_string(), s)).collect()
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    #[test]
+    fn layer_norm_and_softmax_have_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::new(&[[1f32, 2., 4.], [0., -1., 3.]], &dev)?)?;
+        let w = Var::from_tensor(&Tensor::new(&[1f32, 2., 3.], &dev)?)?;
+        let b = Var::from_tensor(&Tensor::zeros(3, DType::F32, &dev)?)?;
+        let ln = LayerNorm { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), eps: 1e-6 };
+        let y = softmax_last_dim(&ln.forward(x.as_tensor())?)?;
+        let loss = (y * Tensor::new(&[[1f32, 0., 2.], [3., 1., 0.]], &dev)?)?.sum_all()?;
+        let grads = loss.backward()?;
+        for v in [&x, &w, &b] {
+            let g = grads.get(v).expect("gradient reaches every input");
+            assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
+        }
+        // Softmax rows sum to one.
+        let s = softmax_last_dim(x.as_tensor())?.sum(1)?.to_vec1::<f32>()?;
+        assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-6));
+        Ok(())
+    }
+}
