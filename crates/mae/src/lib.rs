@@ -1,1 +1,30 @@
+//! Masked Autoencoders (He et al., 2021) on candle: the model, its presets, and weight I/O.
+//!
+//! ```no_run
+//! use mae::{MaeConfig, MaskedAutoencoder};
+//! use rand::SeedableRng;
+//!
+//! let device = candle_core::Device::Cpu;
+//! let model = MaskedAutoencoder::new(&MaeConfig::preset("mae-vit-tiny-patch4-32")?, 0, &device)?;
+//! let pixels = candle_core::Tensor::zeros((2, 3, 32, 32), candle_core::DType::F32, &device)?;
+//! let out = model.forward(&pixels, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0))?;
+//! println!("loss {}", out.loss.to_scalar::<f32>()?);
+//! # Ok::<(), mae::MaeError>(())
+//! ```
 
+mod config;
+mod error;
+pub mod init;
+mod io;
+mod model;
+pub mod naming;
+
+pub use config::{MaeConfig, StackShape, PRESETS};
+pub use error::{MaeError, Result};
+pub use io::{config_from_hf_json, write_atomically, WeightsFile};
+pub use mae_patch::MaskPlan;
+pub use mae_vit::{Pool, PosEmbed};
+pub use model::{MaeOutput, MaskedAutoencoder};
+
+/// The crates this one composes, for users who build their own models from the pieces.
+pub use {mae_decoder, mae_loss, mae_patch, mae_vit};
