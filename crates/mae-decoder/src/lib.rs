@@ -10,9 +10,9 @@
 //! ```
 
 use candle_core::{bail, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use mae_patch::{MaskPlan, PatchGrid};
-use mae_vit::layers::{linear, Block, BlockConfig, LayerNorm};
+use mae_vit::layers::{linear, Block, BlockConfig, LayerNorm, Linear};
 use mae_vit::PosEmbed;
 use serde::{Deserialize, Serialize};
 

@@ -1,8 +1,8 @@
 use candle_core::{bail, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use mae_patch::{MaskPlan, PatchGrid};
 
-use crate::layers::{Block, LayerNorm};
+use crate::layers::{Block, LayerNorm, Linear};
 use crate::{Pool, PosEmbed, VitConfig};
 
 /// ViT encoder: patch embedding, cls token, position embedding, pre-norm blocks, final norm.

@@ -1,0 +1,1 @@
+//! Datasets, transforms and the loader for MAE pre-training.

@@ -1,0 +1,101 @@
+//! `cargo xtask ci`: format check, clippy, tests, stopping at the first failure.
+
+use crate::args::{Arg, Args};
+use crate::util::{self, Result};
+
+pub const HELP: &str = "\
+cargo xtask ci: run the checks CI runs, in the workspace root, in order
+
+USAGE:
+    cargo xtask ci [-- <extra args for cargo test>]
+
+Everything after `--` is appended to `cargo test --workspace` verbatim; for
+flags of the test binaries themselves add a second `--`.
+
+STEPS (stops at the first failure, naming the step, with a non-zero exit):
+    1. fmt     cargo fmt --all -- --check
+    2. clippy  cargo clippy --workspace --all-targets -- -D warnings
+    3. test    cargo test --workspace [<extra args>]
+
+OPTIONS:
+    -h, --help    Print this help
+
+EXAMPLES:
+    cargo xtask ci
+    cargo xtask ci -- -p mae-patch          (cargo test --workspace -p mae-patch)
+    cargo xtask ci -- -- --nocapture        (cargo test --workspace -- --nocapture)
+";
+
+pub fn main(argv: Vec<String>) -> Result<()> {
+    let mut args = Args::new("ci", argv);
+    let mut extra = Vec::new();
+    while let Some(arg) = args.next()? {
+        match arg {
+            Arg::Flag(f) if f == "-h" || f == "--help" => {
+                print!("{HELP}");
+                return Ok(());
+            }
+            Arg::Flag(f) => return Err(args.unknown(&f)),
+            Arg::Rest(rest) => extra = rest,
+        }
+    }
+
+    let root = util::workspace_root();
+    let steps: [(&str, Vec<String>); 3] = [
+        ("fmt", svec(&["fmt", "--all", "--", "--check"])),
+        (
+            "clippy",
+            svec(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        ),
+        ("test", {
+            let mut v = svec(&["test", "--workspace"]);
+            // Everything after `--` goes to cargo test verbatim, so test-binary
+            // flags need a second `--`: `cargo xtask ci -- -- --nocapture`.
+            v.extend(extra);
+            v
+        }),
+    ];
+
+    let total = steps.len();
+    let mut timings = Vec::new();
+    for (i, (name, cargo_args)) in steps.into_iter().enumerate() {
+        println!("\n==> [{}/{total}] {name}", i + 1);
+        let mut cmd = util::cargo_cmd(&root);
+        cmd.args(&cargo_args);
+        let (res, took) = util::timed(|| util::run(name, &mut cmd));
+        timings.push((name, took));
+        if let Err(e) = res {
+            print_summary(&timings, Some(name));
+            return Err(e);
+        }
+    }
+    print_summary(&timings, None);
+    Ok(())
+}
+
+fn print_summary(timings: &[(&str, std::time::Duration)], failed: Option<&str>) {
+    println!("\nci summary:");
+    for (name, took) in timings {
+        let status = if Some(*name) == failed {
+            "FAILED"
+        } else {
+            "ok"
+        };
+        println!("    {name:<8} {status:<7} {}", util::fmt_duration(*took));
+    }
+    match failed {
+        Some(name) => println!("ci: FAILED at step `{name}`"),
+        None => println!("ci: all steps passed"),
+    }
+}
+
+fn svec(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
