@@ -23,7 +23,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = MaeConfig::preset(&preset)?;
     let device = Device::Cpu;
     let model = MaskedAutoencoder::new(&config, 0, &device)?;
-    println!("{preset}: {:.1}M parameters, {} patches, mask ratio {}", model.num_parameters() as f64 / 1e6, config.num_patches(), config.mask_ratio);
+    println!(
+        "{preset}: {:.1}M parameters, {} patches, mask ratio {}",
+        model.num_parameters() as f64 / 1e6,
+        config.num_patches(),
+        config.mask_ratio
+    );
 
     // Seeded stand-in images in ImageNet-normalised range (the data pipeline brings real ones).
     let mut rng = ChaCha8Rng::seed_from_u64(0);

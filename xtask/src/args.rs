@@ -24,11 +24,7 @@ pub struct Args {
 
 impl Args {
     pub fn new(cmd: &'static str, items: Vec<String>) -> Self {
-        Args {
-            cmd,
-            items: items.into_iter(),
-            pending: None,
-        }
+        Args { cmd, items: items.into_iter(), pending: None }
     }
 
     /// The next flag, or `None` when the arguments are exhausted.
@@ -69,10 +65,7 @@ impl Args {
 
     /// The error for a flag this subcommand does not know.
     pub fn unknown(&self, flag: &str) -> Error {
-        self.usage(format!(
-            "unknown flag `{flag}` for `cargo xtask {}`",
-            self.cmd
-        ))
+        self.usage(format!("unknown flag `{flag}` for `cargo xtask {}`", self.cmd))
     }
 
     pub fn usage(&self, msg: String) -> Error {

@@ -101,10 +101,8 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     }
     match (o.cuda, o.metal) {
         (true, true) => Err(args.usage("--cuda and --metal exclude each other".into())),
-        (false, false) => Err(args.usage(
-            "choose a backend: --cuda or --metal (for the CPU build run plain `cargo build`)"
-                .into(),
-        )),
+        (false, false) => Err(args
+            .usage("choose a backend: --cuda or --metal (for the CPU build run plain `cargo build`)".into())),
         (false, true) => {
             let cuda_only = [
                 ("--nccl", o.nccl),
@@ -127,23 +125,12 @@ fn metal(o: &Opts) -> Result<()> {
     if !cfg!(target_os = "macos") {
         return fail(format!(
             "the Metal backend needs macOS; on {} use --cuda or the CPU build (`cargo build`)",
-            if cfg!(target_os = "linux") {
-                "Linux".to_string()
-            } else {
-                std::env::consts::OS.to_string()
-            }
+            if cfg!(target_os = "linux") { "Linux".to_string() } else { std::env::consts::OS.to_string() }
         ));
     }
     let root = util::workspace_root();
     let mut cmd = util::cargo_cmd(&root);
-    cmd.args([
-        "build",
-        "--workspace",
-        "--exclude",
-        "xtask",
-        "--features",
-        "mae/metal",
-    ]);
+    cmd.args(["build", "--workspace", "--exclude", "xtask", "--features", "mae/metal"]);
     if o.release {
         cmd.arg("--release");
     }
@@ -154,8 +141,7 @@ fn metal(o: &Opts) -> Result<()> {
 fn cuda(o: &Opts) -> Result<()> {
     let root = util::workspace_root();
     let tk = toolkit::locate(&root, o.fetch_nvcc)?;
-    let (cap, cap_from) =
-        toolkit::compute_cap(o.compute_cap.as_deref(), toolkit::DEFAULT_COMPUTE_CAP)?;
+    let (cap, cap_from) = toolkit::compute_cap(o.compute_cap.as_deref(), toolkit::DEFAULT_COMPUTE_CAP)?;
     let env = toolkit::env(&tk, &cap);
     toolkit::print_env(&root, &tk, &cap, &cap_from, &env);
     toolkit::probe(&tk, &cap, &env)?;
@@ -182,14 +168,7 @@ fn cuda(o: &Opts) -> Result<()> {
         cmd.arg("--release");
     }
     cmd.args(&o.extra);
-    println!(
-        "\n==> build (CUDA{})",
-        if o.bins {
-            ", with binaries"
-        } else {
-            ", libraries only"
-        }
-    );
+    println!("\n==> build (CUDA{})", if o.bins { ", with binaries" } else { ", libraries only" });
     run_cuda_cargo("build --cuda", &mut cmd)
 }
 
@@ -204,23 +183,15 @@ pub fn run_cuda_cargo(step: &str, cmd: &mut Command) -> Result<()> {
 }
 
 /// CUDA libraries cudarc / candle-kernels link against.
-const CUDA_LIBS: [&str; 8] = [
-    "cuda", "cublas", "cublasLt", "curand", "nvrtc", "cudart", "nccl", "cudnn",
-];
+const CUDA_LIBS: [&str; 8] = ["cuda", "cublas", "cublasLt", "curand", "nvrtc", "cudart", "nccl", "cudnn"];
 
 /// `Some("cuda")` for a linker line such as `ld: cannot find -lcuda`.
 fn missing_cuda_lib(line: &str) -> Option<String> {
-    for marker in [
-        "cannot find -l",
-        "unable to find library -l",
-        "library not found for -l",
-    ] {
+    for marker in ["cannot find -l", "unable to find library -l", "library not found for -l"] {
         if let Some(idx) = line.find(marker) {
             let rest = &line[idx + marker.len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '+')
-                .collect();
+            let name: String =
+                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '+').collect();
             if CUDA_LIBS.contains(&name.as_str()) {
                 return Some(name);
             }
@@ -230,11 +201,7 @@ fn missing_cuda_lib(line: &str) -> Option<String> {
 }
 
 fn link_hint(missing: &[String]) -> String {
-    let list = missing
-        .iter()
-        .map(|l| format!("-l{l}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = missing.iter().map(|l| format!("-l{l}")).collect::<Vec<_>>().join(", ");
     let mut hint = format!(
         "hint: linking failed because the linker cannot find {list}.\n\
          The library crates compiled; linking a binary or test against candle's CUDA\n\
@@ -270,9 +237,7 @@ mod tests {
     #[test]
     fn spots_missing_libs() {
         assert_eq!(
-            missing_cuda_lib(
-                "  = note: /usr/bin/ld: cannot find -lcuda: No such file or directory"
-            ),
+            missing_cuda_lib("  = note: /usr/bin/ld: cannot find -lcuda: No such file or directory"),
             Some("cuda".into())
         );
         assert_eq!(

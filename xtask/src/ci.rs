@@ -43,17 +43,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     let root = util::workspace_root();
     let steps: [(&str, Vec<String>); 3] = [
         ("fmt", svec(&["fmt", "--all", "--", "--check"])),
-        (
-            "clippy",
-            svec(&[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]),
-        ),
+        ("clippy", svec(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])),
         ("test", {
             let mut v = svec(&["test", "--workspace"]);
             // Everything after `--` goes to cargo test verbatim, so test-binary
@@ -83,11 +73,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
 fn print_summary(timings: &[(&str, std::time::Duration)], failed: Option<&str>) {
     println!("\nci summary:");
     for (name, took) in timings {
-        let status = if Some(*name) == failed {
-            "FAILED"
-        } else {
-            "ok"
-        };
+        let status = if Some(*name) == failed { "FAILED" } else { "ok" };
         println!("    {name:<8} {status:<7} {}", util::fmt_duration(*took));
     }
     match failed {

@@ -93,9 +93,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
 
     println!("\n==> generate fixtures");
     let mut cmd = Command::new(&interpreter);
-    cmd.current_dir(&root)
-        .args([SCRIPT, "--out", "fixtures"])
-        .args(&extra);
+    cmd.current_dir(&root).args([SCRIPT, "--out", "fixtures"]).args(&extra);
     util::run("make_fixtures", &mut cmd)?;
     println!("fixtures: regenerated fixtures/ (review with `git status fixtures`)");
     Ok(())
@@ -148,8 +146,7 @@ fn setup_venv(root: &Path, base: &str) -> Result<PathBuf> {
     let py = venv_python(root);
     println!("\n==> install {REQUIREMENTS}");
     let mut pip = Command::new(&py);
-    pip.current_dir(root)
-        .args(["-m", "pip", "install", "-r", REQUIREMENTS]);
+    pip.current_dir(root).args(["-m", "pip", "install", "-r", REQUIREMENTS]);
     util::run("pip install", &mut pip)?;
     Ok(py)
 }

@@ -67,24 +67,14 @@ struct Report {
 
 impl Report {
     fn add(&mut self, name: &'static str, status: Status, took: Duration, note: impl Into<String>) {
-        self.stages.push(Stage {
-            name,
-            status,
-            took,
-            note: note.into(),
-        });
+        self.stages.push(Stage { name, status, took, note: note.into() });
     }
 
     /// Print the summary and turn the first error into the result.
     fn finish(mut self, error: Option<util::Error>) -> Result<()> {
         for name in STAGES {
             if !self.stages.iter().any(|s| s.name == name) {
-                self.add(
-                    name,
-                    Status::Skipped,
-                    Duration::ZERO,
-                    "not run: an earlier stage failed",
-                );
+                self.add(name, Status::Skipped, Duration::ZERO, "not run: an earlier stage failed");
             }
         }
         let total: Duration = self.stages.iter().map(|s| s.took).sum();
@@ -95,27 +85,14 @@ impl Report {
                 Status::Failed => "FAILED",
                 Status::Skipped => "skipped",
             };
-            let took = if s.status == Status::Skipped {
-                "-".to_string()
-            } else {
-                util::fmt_duration(s.took)
-            };
+            let took = if s.status == Status::Skipped { "-".to_string() } else { util::fmt_duration(s.took) };
             println!("    {:<6} {status:<8} {took:>8}  {}", s.name, s.note);
         }
-        println!(
-            "    {:<6} {:<8} {:>8}",
-            "total",
-            "",
-            util::fmt_duration(total)
-        );
+        println!("    {:<6} {:<8} {:>8}", "total", "", util::fmt_duration(total));
         match error {
             Some(e) => {
-                let failed: Vec<&str> = self
-                    .stages
-                    .iter()
-                    .filter(|s| s.status == Status::Failed)
-                    .map(|s| s.name)
-                    .collect();
+                let failed: Vec<&str> =
+                    self.stages.iter().filter(|s| s.status == Status::Failed).map(|s| s.name).collect();
                 println!("gpu-check: FAILED ({})", failed.join(", "));
                 Err(e)
             }
@@ -172,9 +149,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     println!("\n==> [2/5] nvcc");
     let (found, took) = util::timed(|| -> Result<_> {
         let tk = toolkit::locate(&root, fetch)?;
-        let default = detected_cap
-            .clone()
-            .unwrap_or_else(|| toolkit::DEFAULT_COMPUTE_CAP.to_string());
+        let default = detected_cap.clone().unwrap_or_else(|| toolkit::DEFAULT_COMPUTE_CAP.to_string());
         let (cap, mut from) = toolkit::compute_cap(cap_flag.as_deref(), &default)?;
         if from == "default" && detected_cap.is_some() {
             from = "from nvidia-smi".into();
@@ -186,11 +161,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     });
     let (env, run_env) = match found {
         Ok((tk, cap, env)) => {
-            let note = format!(
-                "{}, sm_{}",
-                util::rel(&root, &tk.nvcc),
-                toolkit::nvcc_arch(&cap)
-            );
+            let note = format!("{}, sm_{}", util::rel(&root, &tk.nvcc), toolkit::nvcc_arch(&cap));
             report.add("nvcc", Status::Ok, took, note);
             // Tests and benchmarks also find the toolkit's shared libraries.
             let mut run_env = env.clone();
@@ -247,26 +218,13 @@ pub fn main(argv: Vec<String>) -> Result<()> {
         }
     } else {
         println!("note: skipping the bench stage: `cargo xtask bench` is not implemented yet");
-        report.add(
-            "bench",
-            Status::Skipped,
-            Duration::ZERO,
-            "`cargo xtask bench` not implemented yet",
-        );
+        report.add("bench", Status::Skipped, Duration::ZERO, "`cargo xtask bench` not implemented yet");
     }
     report.finish(first_error)
 }
 
 fn cuda_args(sub: &str) -> [&str; 7] {
-    [
-        sub,
-        "--release",
-        "--workspace",
-        "--exclude",
-        "xtask",
-        "--features",
-        "mae/cuda",
-    ]
+    [sub, "--release", "--workspace", "--exclude", "xtask", "--features", "mae/cuda"]
 }
 
 /// Ask nvidia-smi for the GPU; returns a description and, when it reports
@@ -280,10 +238,7 @@ fn query_gpu() -> Result<(String, Option<String>)> {
         );
     }
     let out = Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=name,compute_cap,driver_version,memory.total",
-            "--format=csv,noheader",
-        ])
+        .args(["--query-gpu=name,compute_cap,driver_version,memory.total", "--format=csv,noheader"])
         .output()
         .map_err(|e| util::Error::Failed(format!("could not run nvidia-smi: {e}")))?;
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -66,18 +66,12 @@ fn main() -> ExitCode {
                     print!("{help}");
                     Ok(())
                 }
-                None => Err(Error::Usage {
-                    cmd: "help",
-                    msg: format!("unknown subcommand `{name}`"),
-                }),
+                None => Err(Error::Usage { cmd: "help", msg: format!("unknown subcommand `{name}`") }),
             },
         },
         name => match SUBCOMMANDS.iter().find(|(n, _, _)| *n == name) {
             Some((_, run, _)) => run(argv),
-            None => Err(Error::Usage {
-                cmd: "",
-                msg: format!("unknown subcommand `{name}`"),
-            }),
+            None => Err(Error::Usage { cmd: "", msg: format!("unknown subcommand `{name}`") }),
         },
     };
     util::flush();

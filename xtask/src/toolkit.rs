@@ -33,13 +33,7 @@ const MARKER: &str = ".xtask-wheels";
 pub const DEFAULT_COMPUTE_CAP: &str = "90";
 
 /// Headers candle-kernels includes from the toolkit; each must be reachable.
-const REQUIRED_HEADERS: [&str; 5] = [
-    "cuda.h",
-    "cuda_runtime.h",
-    "cuda_fp16.h",
-    "cuda_bf16.h",
-    "cuda_fp8.h",
-];
+const REQUIRED_HEADERS: [&str; 5] = ["cuda.h", "cuda_runtime.h", "cuda_fp16.h", "cuda_bf16.h", "cuda_fp8.h"];
 
 pub struct Toolkit {
     /// The directory holding `bin/nvcc` (and normally `include/cuda.h`):
@@ -103,9 +97,7 @@ pub fn locate(ws: &Path, fetch: bool) -> Result<Toolkit> {
         }
     }
     if fetched_is_current(ws) {
-        println!(
-            "nvcc: no system CUDA toolkit found; using the one fetched earlier into {TOOLS_DIR}"
-        );
+        println!("nvcc: no system CUDA toolkit found; using the one fetched earlier into {TOOLS_DIR}");
         return discover(ws);
     }
     fail(format!(
@@ -128,17 +120,9 @@ fn exe(name: &str) -> String {
 
 /// A toolkit at `root`; checks that the headers are where nvcc looks.
 fn from_root(root: PathBuf, nvcc: PathBuf, origin: String) -> Result<Toolkit> {
-    let tk = Toolkit {
-        root,
-        nvcc,
-        origin,
-        extra_includes: Vec::new(),
-    };
-    let missing: Vec<&str> = REQUIRED_HEADERS
-        .iter()
-        .copied()
-        .filter(|h| !tk.root.join("include").join(h).is_file())
-        .collect();
+    let tk = Toolkit { root, nvcc, origin, extra_includes: Vec::new() };
+    let missing: Vec<&str> =
+        REQUIRED_HEADERS.iter().copied().filter(|h| !tk.root.join("include").join(h).is_file()).collect();
     if !missing.is_empty() {
         // Distribution packages sometimes put headers in /usr/include and
         // nvcc in /usr/bin, which is fine; only warn.
@@ -163,19 +147,13 @@ fn fetched_is_current(ws: &Path) -> bool {
 fn fetch_toolkit(ws: &Path) -> Result<Toolkit> {
     let dir = ws.join(TOOLS_DIR);
     if fetched_is_current(ws) {
-        println!(
-            "nvcc: {TOOLS_DIR} already holds {}; skipping the install",
-            NVCC_WHEELS.join(" ")
-        );
+        println!("nvcc: {TOOLS_DIR} already holds {}; skipping the install", NVCC_WHEELS.join(" "));
     } else {
         println!("\n==> fetch nvcc from PyPI into {TOOLS_DIR}");
         let partial = ws.join(format!("{TOOLS_DIR}.partial"));
         let _ = std::fs::remove_dir_all(&partial);
         let mut pip = Command::new(if cfg!(windows) { "python" } else { "python3" });
-        pip.current_dir(ws)
-            .args(["-m", "pip", "install", "--target"])
-            .arg(&partial)
-            .args(NVCC_WHEELS);
+        pip.current_dir(ws).args(["-m", "pip", "install", "--target"]).arg(&partial).args(NVCC_WHEELS);
         if let Err(e) = util::run("fetch nvcc (pip install)", &mut pip) {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(e);
@@ -184,9 +162,8 @@ fn fetch_toolkit(ws: &Path) -> Result<Toolkit> {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| util::Error::Failed(format!("removing old {TOOLS_DIR}: {e}")))?;
         }
-        std::fs::rename(&partial, &dir).map_err(|e| {
-            util::Error::Failed(format!("moving {} to {TOOLS_DIR}: {e}", partial.display()))
-        })?;
+        std::fs::rename(&partial, &dir)
+            .map_err(|e| util::Error::Failed(format!("moving {} to {TOOLS_DIR}: {e}", partial.display())))?;
         std::fs::write(dir.join(MARKER), NVCC_WHEELS.join("\n") + "\n")
             .map_err(|e| util::Error::Failed(format!("writing {TOOLS_DIR}/{MARKER}: {e}")))?;
     }
@@ -200,20 +177,15 @@ fn fetch_toolkit(ws: &Path) -> Result<Toolkit> {
 fn discover(ws: &Path) -> Result<Toolkit> {
     let dir = ws.join(TOOLS_DIR);
     let nvccs = find_named(&dir, &exe("nvcc"), 5);
-    let Some(nvcc) = nvccs
-        .into_iter()
-        .find(|p| p.parent().is_some_and(|b| b.ends_with("bin")) && util::is_executable(p))
+    let Some(nvcc) =
+        nvccs.into_iter().find(|p| p.parent().is_some_and(|b| b.ends_with("bin")) && util::is_executable(p))
     else {
         return fail(format!(
             "no bin/nvcc under {TOOLS_DIR} after installing {}: the wheels' layout changed?",
             NVCC_WHEELS.join(" ")
         ));
     };
-    let root = nvcc
-        .parent()
-        .and_then(Path::parent)
-        .expect("bin/nvcc has a grandparent")
-        .to_path_buf();
+    let root = nvcc.parent().and_then(Path::parent).expect("bin/nvcc has a grandparent").to_path_buf();
     let mut extra_includes: Vec<PathBuf> = Vec::new();
     for header in REQUIRED_HEADERS {
         if root.join("include").join(header).is_file() {
@@ -236,12 +208,7 @@ fn discover(ws: &Path) -> Result<Toolkit> {
     }
     #[cfg(unix)]
     link_unversioned_libs(&root.join("lib"));
-    Ok(Toolkit {
-        origin: format!("{TOOLS_DIR} (PyPI wheels)"),
-        root,
-        nvcc,
-        extra_includes,
-    })
+    Ok(Toolkit { origin: format!("{TOOLS_DIR} (PyPI wheels)"), root, nvcc, extra_includes })
 }
 
 /// The wheels ship `libcudart.so.13` but no `libcudart.so`, which `-lcudart`
@@ -298,9 +265,8 @@ pub fn compute_cap(flag: Option<&str>, default: &str) -> Result<(String, String)
     };
     let bare = value.strip_prefix("sm_").unwrap_or(&value);
     let digits = bare.trim_end_matches(['a', 'f']);
-    let ok = !digits.is_empty()
-        && digits.chars().all(|c| c.is_ascii_digit())
-        && bare.len() - digits.len() <= 1;
+    let ok =
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) && bare.len() - digits.len() <= 1;
     if !ok {
         return fail(format!(
             "invalid compute capability `{value}` (from {from}): expected a number such as \
@@ -359,11 +325,7 @@ pub fn env(tk: &Toolkit, cap: &str) -> Vec<(&'static str, OsString)> {
 /// `LD_LIBRARY_PATH` with the toolkit's library directories first, for
 /// running binaries linked against the CUDA libraries (None if it has none).
 pub fn runtime_library_path(tk: &Toolkit) -> Option<(&'static str, OsString)> {
-    let var = if cfg!(target_os = "macos") {
-        "DYLD_LIBRARY_PATH"
-    } else {
-        "LD_LIBRARY_PATH"
-    };
+    let var = if cfg!(target_os = "macos") { "DYLD_LIBRARY_PATH" } else { "LD_LIBRARY_PATH" };
     let mut dirs: Vec<PathBuf> = ["lib64", "lib", "targets/x86_64-linux/lib"]
         .iter()
         .map(|d| tk.root.join(d))

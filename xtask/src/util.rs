@@ -36,10 +36,7 @@ pub fn fail<T>(msg: impl Into<String>) -> Result<T> {
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_path_buf()
+    manifest_dir.parent().expect("xtask lives one level below the workspace root").to_path_buf()
 }
 
 /// The cargo that runs us (`$CARGO`, set by `cargo run`), else `cargo`.
@@ -73,11 +70,8 @@ pub fn display(cmd: &Command) -> String {
     }
     let prog = cmd.get_program().to_string_lossy();
     // Print plain `cargo` rather than the full path of the toolchain's binary.
-    let prog = if Path::new(&*prog).file_stem().is_some_and(|s| s == "cargo") {
-        "cargo".into()
-    } else {
-        prog
-    };
+    let prog =
+        if Path::new(&*prog).file_stem().is_some_and(|s| s == "cargo") { "cargo".into() } else { prog };
     out.push_str(&quote(&prog));
     for a in cmd.get_args() {
         out.push(' ');
@@ -87,9 +81,7 @@ pub fn display(cmd: &Command) -> String {
 }
 
 fn quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if plain {
         s.to_string()
     } else {
@@ -119,11 +111,7 @@ fn check(step: &str, cmd: &Command, status: ExitStatus) -> Result<()> {
     if status.success() {
         Ok(())
     } else {
-        fail(format!(
-            "step `{step}` failed ({}): {}",
-            describe(status),
-            display(cmd)
-        ))
+        fail(format!("step `{step}` failed ({}): {}", describe(status), display(cmd)))
     }
 }
 
@@ -215,23 +203,15 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 /// Find an executable called `name` on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    let exe = if cfg!(windows) {
-        format!("{name}.exe")
-    } else {
-        name.to_string()
-    };
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(&exe))
-        .find(|p| is_executable(p))
+    let exe = if cfg!(windows) { format!("{name}.exe") } else { name.to_string() };
+    std::env::split_paths(&path).map(|dir| dir.join(&exe)).find(|p| is_executable(p))
 }
 
 pub fn is_executable(p: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
+        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
     }
     #[cfg(not(unix))]
     {
@@ -241,9 +221,7 @@ pub fn is_executable(p: &Path) -> bool {
 
 /// `path` relative to `root` for display, when it is inside it.
 pub fn rel(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| path.display().to_string())
+    path.strip_prefix(root).map(|p| p.display().to_string()).unwrap_or_else(|_| path.display().to_string())
 }
 
 #[cfg(test)]

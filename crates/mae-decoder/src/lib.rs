@@ -71,8 +71,10 @@ impl MaeDecoder {
     pub fn new(config: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let (dd, l) = (config.embed_dim, config.num_patches());
         let decoder_pos_embed = match config.pos_embed {
-            PosEmbed::Sincos => mae_patch::sincos_2d_tensor(dd, config.grid[0], config.grid[1], true, vb.device())?
-                .to_dtype(vb.dtype())?,
+            PosEmbed::Sincos => {
+                mae_patch::sincos_2d_tensor(dd, config.grid[0], config.grid[1], true, vb.device())?
+                    .to_dtype(vb.dtype())?
+            }
             PosEmbed::Learned => vb.get((1, 1 + l, dd), "decoder_pos_embed")?,
         };
         let decoder_blocks = (0..config.depth)
@@ -124,7 +126,11 @@ impl MaeDecoder {
     }
 
     pub fn grid(&self) -> Result<PatchGrid> {
-        PatchGrid::new(self.config.grid[0] * self.config.patch_size, self.config.grid[1] * self.config.patch_size, self.config.patch_size)
+        PatchGrid::new(
+            self.config.grid[0] * self.config.patch_size,
+            self.config.grid[1] * self.config.patch_size,
+            self.config.patch_size,
+        )
     }
 
     /// `latent: [B, 1 + K, D]` from the encoder -> pixel predictions `[B, L, p*p*C]`.

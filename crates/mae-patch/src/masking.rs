@@ -48,12 +48,7 @@ impl MaskPlan {
     }
 
     /// The plan for row-major noise values of a `[batch, len]` batch.
-    pub fn from_noise_values(
-        noise: &[f32],
-        batch: usize,
-        len: usize,
-        mask_ratio: f64,
-    ) -> Result<Self> {
+    pub fn from_noise_values(noise: &[f32], batch: usize, len: usize, mask_ratio: f64) -> Result<Self> {
         if noise.len() != batch * len {
             bail!("noise has {} values, expected {batch} x {len}", noise.len())
         }
@@ -72,12 +67,7 @@ impl MaskPlan {
 
     /// A plan from explicit shuffles: row b of `ids_shuffle` (`[B * L]`) must be a permutation of
     /// `0..L` whose first `len_keep` entries are the kept patches, in encoder order.
-    pub fn from_shuffle(
-        batch: usize,
-        len: usize,
-        len_keep: usize,
-        ids_shuffle: Vec<u32>,
-    ) -> Result<Self> {
+    pub fn from_shuffle(batch: usize, len: usize, len_keep: usize, ids_shuffle: Vec<u32>) -> Result<Self> {
         if ids_shuffle.len() != batch * len {
             bail!("ids_shuffle has {} entries, expected {batch} x {len}", ids_shuffle.len())
         }

@@ -38,9 +38,11 @@ pub fn patchify(imgs: &Tensor, patch: usize) -> Result<Tensor> {
     let (n, c, h, w) = imgs.dims4()?;
     let grid = PatchGrid::new(h, w, patch)?;
     // x: [N, C, h, p, w, q] -> [N, h, w, p, q, C]
-    imgs.reshape((n, c, grid.rows, patch, grid.cols, patch))?
-        .permute((0, 2, 4, 3, 5, 1))?
-        .reshape((n, grid.len(), patch * patch * c))
+    imgs.reshape((n, c, grid.rows, patch, grid.cols, patch))?.permute((0, 2, 4, 3, 5, 1))?.reshape((
+        n,
+        grid.len(),
+        patch * patch * c,
+    ))
 }
 
 /// The inverse of [`patchify`]: `[N, L, p*p*C] -> [N, C, H, W]` for the given grid.
@@ -57,9 +59,12 @@ pub fn unpatchify(x: &Tensor, grid: PatchGrid, channels: usize) -> Result<Tensor
         )
     }
     // x: [N, h, w, p, q, C] -> [N, C, h, p, w, q]
-    x.reshape((n, grid.rows, grid.cols, p, p, channels))?
-        .permute((0, 5, 1, 3, 2, 4))?
-        .reshape((n, channels, grid.rows * p, grid.cols * p))
+    x.reshape((n, grid.rows, grid.cols, p, p, channels))?.permute((0, 5, 1, 3, 2, 4))?.reshape((
+        n,
+        channels,
+        grid.rows * p,
+        grid.cols * p,
+    ))
 }
 
 #[cfg(test)]

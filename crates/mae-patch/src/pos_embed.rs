@@ -13,8 +13,7 @@ pub fn sincos_2d(dim: usize, rows: usize, cols: usize, cls_token: bool) -> Resul
         bail!("sin-cos position embedding needs a dimension divisible by 4, got {dim}")
     }
     let quarter = dim / 4;
-    let omega: Vec<f64> =
-        (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
     let mut out = Vec::with_capacity((rows * cols + usize::from(cls_token)) * dim);
     if cls_token {
         out.extend(std::iter::repeat_n(0f32, dim));

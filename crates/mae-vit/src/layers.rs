@@ -132,7 +132,10 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: linear(dim, hidden, true, vb.pp("fc1"))?, fc2: linear(hidden, dim, true, vb.pp("fc2"))? })
+        Ok(Self {
+            fc1: linear(dim, hidden, true, vb.pp("fc1"))?,
+            fc2: linear(hidden, dim, true, vb.pp("fc2"))?,
+        })
     }
 }
 
@@ -174,11 +177,8 @@ impl Block {
     /// `(name, shape)` of every parameter of a block, relative to the block's prefix.
     pub fn parameter_shapes(cfg: &BlockConfig) -> Vec<(String, Vec<usize>)> {
         let (d, m) = (cfg.dim, cfg.mlp_dim);
-        let mut out = vec![
-            ("norm1.weight", vec![d]),
-            ("norm1.bias", vec![d]),
-            ("attn.qkv.weight", vec![3 * d, d]),
-        ];
+        let mut out =
+            vec![("norm1.weight", vec![d]), ("norm1.bias", vec![d]), ("attn.qkv.weight", vec![3 * d, d])];
         if cfg.qkv_bias {
             out.push(("attn.qkv.bias", vec![3 * d]));
         }

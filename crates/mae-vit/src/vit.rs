@@ -30,9 +30,8 @@ impl VisionTransformer {
             Some(proj.get(d, "bias")?),
         );
         let pos_embed = match config.pos_embed {
-            PosEmbed::Sincos => {
-                mae_patch::sincos_2d_tensor(d, grid.rows, grid.cols, true, vb.device())?.to_dtype(vb.dtype())?
-            }
+            PosEmbed::Sincos => mae_patch::sincos_2d_tensor(d, grid.rows, grid.cols, true, vb.device())?
+                .to_dtype(vb.dtype())?,
             PosEmbed::Learned => vb.get((1, 1 + grid.len(), d), "pos_embed")?,
         };
         let blocks = (0..config.depth)
@@ -98,10 +97,11 @@ impl VisionTransformer {
         }
         let (p, g) = (self.grid.patch, self.grid);
         // x: [B, C, h, p, w, q] -> [B, h, w, C, p, q] -> [B, L, C*p*q]
-        let patches = imgs
-            .reshape((b, c, g.rows, p, g.cols, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b, g.len(), c * p * p))?;
+        let patches = imgs.reshape((b, c, g.rows, p, g.cols, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((
+            b,
+            g.len(),
+            c * p * p,
+        ))?;
         let x = self.patch_embed.forward(&patches)?; // [B, L, D]
         x.broadcast_add(&self.pos_embed.narrow(1, 1, g.len())?)
     }

@@ -124,18 +124,26 @@ impl MaeConfig {
         if self.in_channels == 0 {
             return bad("in_channels must be positive".into());
         }
-        for (name, s, pos) in [("encoder", self.encoder, self.pos_embed), ("decoder", self.decoder, self.decoder_pos_embed)] {
+        for (name, s, pos) in
+            [("encoder", self.encoder, self.pos_embed), ("decoder", self.decoder, self.decoder_pos_embed)]
+        {
             if s.dim == 0 || s.num_heads == 0 || s.dim % s.num_heads != 0 || s.mlp_dim == 0 {
-                return bad(format!("{name}: dim {} must be a positive multiple of num_heads {} and mlp_dim positive", s.dim, s.num_heads));
+                return bad(format!(
+                    "{name}: dim {} must be a positive multiple of num_heads {} and mlp_dim positive",
+                    s.dim, s.num_heads
+                ));
             }
             if pos == PosEmbed::Sincos && s.dim % 4 != 0 {
-                return bad(format!("{name}: sin-cos position embeddings need dim divisible by 4, got {}", s.dim));
+                return bad(format!(
+                    "{name}: sin-cos position embeddings need dim divisible by 4, got {}",
+                    s.dim
+                ));
             }
         }
         if let Err(e) = mae_patch::MaskPlan::len_keep(self.num_patches(), self.mask_ratio) {
             return bad(format!("mask_ratio: {e}"));
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if !self.layer_norm_eps.is_finite() || self.layer_norm_eps <= 0.0 {
             return bad(format!("layer_norm_eps must be positive, got {}", self.layer_norm_eps));
         }
         Ok(())

@@ -41,8 +41,11 @@ fn init_values(name: &str, shape: &[usize], rng: &mut impl Rng) -> Vec<f32> {
     }
 }
 
-/// Every parameter of `config`, initialised from `seed`: `(name, shape, values)`.
-pub fn init_parameters(config: &MaeConfig, seed: u64) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+/// One initialised parameter: name, shape and row-major values.
+pub type InitParameter = (String, Vec<usize>, Vec<f32>);
+
+/// Every parameter of `config`, initialised from `seed`.
+pub fn init_parameters(config: &MaeConfig, seed: u64) -> Result<Vec<InitParameter>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     Ok(parameter_shapes(config)?
         .into_iter()

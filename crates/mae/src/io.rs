@@ -30,10 +30,15 @@ pub struct WeightsFile {
 impl WeightsFile {
     pub fn read(path: &Path, device: &Device) -> Result<Self> {
         let bytes = fs::read(path).map_err(|e| MaeError::io(path, e))?;
-        let bad = |message: String| MaeError::Format { path: path.to_path_buf(), what: "safetensors file", message };
+        let bad = |message: String| MaeError::Format {
+            path: path.to_path_buf(),
+            what: "safetensors file",
+            message,
+        };
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let metadata = header.metadata().clone().unwrap_or_default();
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+        let tensors =
+            candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
         Ok(Self { path: path.to_path_buf(), tensors, metadata })
     }
 
@@ -76,8 +81,10 @@ impl MaskedAutoencoder {
     /// config in the header so [`MaskedAutoencoder::load`] needs nothing else.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let config = serde_json::to_string(self.config()).map_err(|e| MaeError::Config(e.to_string()))?;
-        let metadata =
-            HashMap::from([(CONFIG_METADATA_KEY.to_string(), config), (FORMAT_METADATA_KEY.to_string(), FORMAT.into())]);
+        let metadata = HashMap::from([
+            (CONFIG_METADATA_KEY.to_string(), config),
+            (FORMAT_METADATA_KEY.to_string(), FORMAT.into()),
+        ]);
         let mut tensors: Vec<(String, Tensor)> = self.state_dict().into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| MaeError::Format {
@@ -95,7 +102,9 @@ impl MaskedAutoencoder {
         let config = file.mae_config()?.ok_or_else(|| MaeError::Format {
             path: path.to_path_buf(),
             what: "mae checkpoint",
-            message: format!("its header has no `{CONFIG_METADATA_KEY}`; for Hugging Face weights use from_pretrained"),
+            message: format!(
+                "its header has no `{CONFIG_METADATA_KEY}`; for Hugging Face weights use from_pretrained"
+            ),
         })?;
         let source = path.display().to_string();
         Self::from_tensors(&config, file.tensors, &source, device)
@@ -106,7 +115,10 @@ impl MaskedAutoencoder {
     pub fn from_pretrained(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         if !path.exists() {
-            return Err(MaeError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+            return Err(MaeError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ));
         }
         let (weights_path, config_path) = if path.is_dir() {
             (path.join("model.safetensors"), Some(path.join("config.json")))
@@ -129,7 +141,11 @@ impl MaskedAutoencoder {
             Naming::HuggingFace => {
                 let (tensors, unknown) = naming::from_hf(file.tensors, &source)?;
                 if !unknown.is_empty() {
-                    tracing::warn!("{source}: ignoring {} tensors with unknown names: {}", unknown.len(), unknown.join(", "));
+                    tracing::warn!(
+                        "{source}: ignoring {} tensors with unknown names: {}",
+                        unknown.len(),
+                        unknown.join(", ")
+                    );
                 }
                 tensors
             }
@@ -142,12 +158,19 @@ impl MaskedAutoencoder {
 /// fields.
 pub fn config_from_hf_json(path: &Path) -> Result<MaeConfig> {
     let text = fs::read_to_string(path).map_err(|e| MaeError::io(path, e))?;
-    let bad = |message: String| MaeError::Format { path: path.to_path_buf(), what: "Hugging Face config.json", message };
+    let bad = |message: String| MaeError::Format {
+        path: path.to_path_buf(),
+        what: "Hugging Face config.json",
+        message,
+    };
     let json: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let int = |key: &str, default: usize| -> Result<usize> {
         match json.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_u64().map(|v| v as usize).ok_or_else(|| bad(format!("`{key}` must be a positive integer, got {v}"))),
+            Some(v) => v
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| bad(format!("`{key}` must be a positive integer, got {v}"))),
         }
     };
     let float = |key: &str, default: f64| -> Result<f64> {
@@ -163,7 +186,9 @@ pub fn config_from_hf_json(path: &Path) -> Result<MaeConfig> {
     }
     let image_size = match json.get("image_size") {
         Some(Value::Array(a)) if a.len() == 2 => {
-            let side = |v: &Value| v.as_u64().map(|v| v as usize).ok_or_else(|| bad("`image_size` must hold integers".into()));
+            let side = |v: &Value| {
+                v.as_u64().map(|v| v as usize).ok_or_else(|| bad("`image_size` must hold integers".into()))
+            };
             [side(&a[0])?, side(&a[1])?]
         }
         _ => {

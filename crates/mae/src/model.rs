@@ -57,11 +57,13 @@ impl MaskedAutoencoder {
         let device = device.clone();
         let varmap = VarMap::new();
         {
-            let mut vars = varmap.data().lock().map_err(|_| MaeError::Config("variable map lock poisoned".into()))?;
+            let mut vars =
+                varmap.data().lock().map_err(|_| MaeError::Config("variable map lock poisoned".into()))?;
             for (name, shape) in init::parameter_shapes(config)? {
-                let tensor = tensors
-                    .get(&name)
-                    .ok_or_else(|| MaeError::MissingTensor { origin: source.to_string(), name: name.clone() })?;
+                let tensor = tensors.get(&name).ok_or_else(|| MaeError::MissingTensor {
+                    origin: source.to_string(),
+                    name: name.clone(),
+                })?;
                 if tensor.dims() != shape.as_slice() {
                     return Err(MaeError::ShapeMismatch {
                         origin: source.to_string(),

@@ -21,7 +21,9 @@ pub enum Naming {
 
 impl Naming {
     pub fn detect<'a>(mut names: impl Iterator<Item = &'a String>) -> Self {
-        if names.any(|n| n.starts_with("vit.") || n.starts_with("embeddings.") || n.starts_with("encoder.layer.")) {
+        if names
+            .any(|n| n.starts_with("vit.") || n.starts_with("embeddings.") || n.starts_with("encoder.layer."))
+        {
             Naming::HuggingFace
         } else {
             Naming::Ours
@@ -139,7 +141,10 @@ pub fn to_hf(tensors: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor
             if let Some(leaf) = rest.strip_prefix("attn.qkv") {
                 let d = tensor.dim(0)? / 3;
                 for (i, which) in QKV.iter().enumerate() {
-                    out.insert(format!("{layer}.attention.attention.{which}{leaf}"), tensor.narrow(0, i * d, d)?);
+                    out.insert(
+                        format!("{layer}.attention.attention.{which}{leaf}"),
+                        tensor.narrow(0, i * d, d)?,
+                    );
                 }
                 continue;
             }
@@ -152,7 +157,9 @@ pub fn to_hf(tensors: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor
         }
         let (hf, leaf) = GLOBAL_PARTS
             .iter()
-            .find_map(|(o, h)| name.strip_prefix(o).filter(|l| l.is_empty() || l.starts_with('.')).map(|l| (h, l)))
+            .find_map(|(o, h)| {
+                name.strip_prefix(o).filter(|l| l.is_empty() || l.starts_with('.')).map(|l| (h, l))
+            })
             .ok_or_else(|| unmapped(name))?;
         out.insert(format!("{hf}{leaf}"), tensor.clone());
     }

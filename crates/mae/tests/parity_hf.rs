@@ -27,14 +27,18 @@ fn check_case(name: &str) {
     let rows = fixture["logits"].dim(1).unwrap();
     let err = rel_err(&out.pred.i((.., ..rows)).unwrap(), &fixture["logits"]);
     assert!(err < 1e-5, "{name}: logits rel err {err}");
-    assert_eq!(out.mask.to_device(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap(), fixture["mask"].to_vec2::<f32>().unwrap());
+    assert_eq!(
+        out.mask.to_device(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap(),
+        fixture["mask"].to_vec2::<f32>().unwrap()
+    );
 
     let grads = out.loss.backward().unwrap();
     let vars = model.named_vars();
     let mut checked = 0;
     for (key, want) in fixture.iter().filter(|(k, _)| k.starts_with("grad.")) {
         let var_name = &key["grad.".len()..];
-        let (_, var) = vars.iter().find(|(n, _)| n == var_name).unwrap_or_else(|| panic!("{name}: no var {var_name}"));
+        let (_, var) =
+            vars.iter().find(|(n, _)| n == var_name).unwrap_or_else(|| panic!("{name}: no var {var_name}"));
         let got = grads.get(var).unwrap_or_else(|| panic!("{name}: no gradient for {var_name}"));
         let err = rel_err(&strided_sample(got), want);
         assert!(err < 1e-4, "{name}: gradient of {var_name} rel err {err}");

@@ -29,7 +29,10 @@ fn check_case(name: &str) {
 
     let idx_keep = &fixture["idx_keep"];
     let kept = patch_ids(idx_keep, true);
-    assert!(idx_keep.to_vec2::<i64>().unwrap().iter().all(|r| r[0] == 0), "lightly keeps the cls token first");
+    assert!(
+        idx_keep.to_vec2::<i64>().unwrap().iter().all(|r| r[0] == 0),
+        "lightly keeps the cls token first"
+    );
     let plan = MaskPlan::from_ids_keep(&kept, config.num_patches()).unwrap();
 
     let latent = model.forward_encoder(&pixels, &plan).unwrap();
@@ -45,7 +48,9 @@ fn check_case(name: &str) {
     let err = rel_err(&pred_at_masked, &fixture["pred"]);
     assert!(err < 1e-5, "{name}: predictions rel err {err}");
 
-    let target = mae::mae_patch::gather_tokens(&mae::mae_patch::patchify(&pixels, config.patch_size).unwrap(), &ids).unwrap();
+    let target =
+        mae::mae_patch::gather_tokens(&mae::mae_patch::patchify(&pixels, config.patch_size).unwrap(), &ids)
+            .unwrap();
     assert!(rel_err(&target, &fixture["target"]) < 1e-6, "{name}: targets (patchify layout)");
 
     let mask = plan.mask(candle_core::DType::F32, &device).unwrap();

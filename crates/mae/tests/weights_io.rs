@@ -37,7 +37,8 @@ fn save_then_load_gives_the_same_model() {
     assert_eq!(names.len(), 1, "{names:?}");
     // The file carries timm / official names, fixed tables included.
     let stored = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    for key in ["pos_embed", "decoder_pos_embed", "blocks.1.attn.qkv.weight", "decoder_blocks.0.mlp.fc2.bias"] {
+    for key in ["pos_embed", "decoder_pos_embed", "blocks.1.attn.qkv.weight", "decoder_blocks.0.mlp.fc2.bias"]
+    {
         assert!(stored.contains_key(key), "{key}");
     }
 }
@@ -62,13 +63,16 @@ fn a_checkpoint_of_another_shape_names_the_tensor() {
     wider.decoder.dim = 64;
     wider.decoder.num_heads = 4;
     wider.decoder.mlp_dim = 256;
-    let err = MaskedAutoencoder::from_tensors(&wider, tensors.clone(), "small.safetensors", &Device::Cpu).err().unwrap();
+    let err = MaskedAutoencoder::from_tensors(&wider, tensors.clone(), "small.safetensors", &Device::Cpu)
+        .err()
+        .unwrap();
     let msg = err.to_string();
     assert!(matches!(err, MaeError::ShapeMismatch { .. }), "{msg}");
     assert!(msg.contains("small.safetensors") && msg.contains("decoder_"), "{msg}");
 
     tensors.remove("blocks.1.norm2.bias");
-    let err = MaskedAutoencoder::from_tensors(&tiny(), tensors, "small.safetensors", &Device::Cpu).err().unwrap();
+    let err =
+        MaskedAutoencoder::from_tensors(&tiny(), tensors, "small.safetensors", &Device::Cpu).err().unwrap();
     assert!(err.to_string().contains("`blocks.1.norm2.bias` is missing"), "{err}");
 }
 
@@ -91,7 +95,8 @@ fn unreadable_files_are_errors_naming_the_file() {
 
     // Weights without our header and without a config.json beside them.
     let bare = dir.join("bare.safetensors");
-    let t: HashMap<String, Tensor> = HashMap::from([("x".to_string(), Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap())]);
+    let t: HashMap<String, Tensor> =
+        HashMap::from([("x".to_string(), Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap())]);
     candle_core::safetensors::save(&t, &bare).unwrap();
     let err = MaskedAutoencoder::from_pretrained(&bare, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("config.json"), "{err}");
@@ -99,7 +104,8 @@ fn unreadable_files_are_errors_naming_the_file() {
     // A config.json that is not one.
     let hf = dir.join("hf");
     std::fs::create_dir(&hf).unwrap();
-    std::fs::copy(common::fixtures_dir().join("hf_tiny_a/model.safetensors"), hf.join("model.safetensors")).unwrap();
+    std::fs::copy(common::fixtures_dir().join("hf_tiny_a/model.safetensors"), hf.join("model.safetensors"))
+        .unwrap();
     std::fs::write(hf.join("config.json"), r#"{"hidden_size": "wide"}"#).unwrap();
     let err = MaskedAutoencoder::from_pretrained(&hf, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");

@@ -45,7 +45,8 @@ fn usize_of(v: &Value, key: &str) -> usize {
 /// The model a fixture case describes.
 pub fn case_config(c: &Value) -> MaeConfig {
     let image = &c["image_size"];
-    let learned = |key: &str| if c[key].as_bool() == Some(true) { PosEmbed::Learned } else { PosEmbed::Sincos };
+    let learned =
+        |key: &str| if c[key].as_bool() == Some(true) { PosEmbed::Learned } else { PosEmbed::Sincos };
     MaeConfig {
         image_size: [image[0].as_u64().unwrap() as usize, image[1].as_u64().unwrap() as usize],
         patch_size: usize_of(c, "patch_size"),
@@ -99,7 +100,8 @@ pub fn det_tensor(name: &str, shape: &[usize], scale: f64) -> Tensor {
 pub fn det_param(name: &str, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
     if name.ends_with(".weight") && shape.len() == 1 {
-        let v: Vec<f32> = det_uniform01(name, n).iter().map(|u| (1.0 + (u * 2.0 - 1.0) * 0.1) as f32).collect();
+        let v: Vec<f32> =
+            det_uniform01(name, n).iter().map(|u| (1.0 + (u * 2.0 - 1.0) * 0.1) as f32).collect();
         return Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
     }
     let scale = if name.ends_with(".weight") {
