@@ -1,0 +1,218 @@
+//! Checkpoints: one folder per save, `checkpoints/step-00000100/` holding `model.safetensors`
+//! (written by the model, so its own loaders read it), `optimizer.safetensors` (AdamW moments) and
+//! `state.json` (step, loader position, seed, run config, version).
+//!
+//! A save is atomic: everything is written and fsynced into a hidden temporary folder, which is
+//! then renamed into place. A run killed mid-save leaves only the temporary folder, which readers
+//! ignore and the next save removes; the previous checkpoint stays intact.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Format version of `state.json`.
+pub const STATE_VERSION: u32 = 1;
+
+/// Environment variable for crash tests: `abort-in-checkpoint` aborts the process after the
+/// model file of a checkpoint is written and before the checkpoint is complete.
+pub const FAULT_ENV: &str = "MAE_FAULT_INJECT";
+
+/// `state.json`: where training stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub version: u32,
+    /// The crate version that wrote it.
+    pub written_by: String,
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Loader position of the next micro-batch.
+    pub epoch: usize,
+    pub batch_in_epoch: usize,
+    pub seed: u64,
+    pub world_size: usize,
+    /// Mean training loss since the previous checkpoint (for `best`).
+    pub recent_loss: Option<f64>,
+    /// The run's resolved configuration, opaque to the trainer.
+    pub run_config: serde_json::Value,
+}
+
+/// The `checkpoints/` folder of a run.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    root: PathBuf,
+}
+
+fn sync_dir(dir: &Path) {
+    // Persist renames (best effort: not every platform can open a directory).
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::File::create(path).map_err(|e| TrainError::io(path, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| TrainError::io(path, e))
+}
+
+/// Writes named tensors as a safetensors file (fsynced).
+pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut sorted: Vec<(&String, Tensor)> = Vec::with_capacity(tensors.len());
+    for (k, v) in tensors {
+        sorted.push((k, v.to_device(&Device::Cpu)?));
+    }
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let bytes =
+        safetensors::serialize(sorted, None).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    write_synced(path, &bytes)
+}
+
+/// Reads a safetensors file onto `device`, naming the file in errors.
+pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let bytes = fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| TrainError::checkpoint(path, format!("not a readable safetensors file: {e}")))
+}
+
+/// Sets `vars` from the tensors of `path` (same names), checking every shape.
+pub fn load_vars(path: &Path, vars: &[(String, Var)]) -> Result<()> {
+    let device = vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+    let tensors = read_tensors(path, &device)?;
+    for (name, var) in vars {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| TrainError::checkpoint(path, format!("tensor `{name}` is missing")))?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::checkpoint(
+                path,
+                format!("tensor `{name}` has shape {:?}, the model needs {:?}", t.dims(), var.dims()),
+            ));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+impl Checkpoints {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Saves a checkpoint for `state.step`. `write_model` writes the model file at the given path.
+    pub fn save(
+        &self,
+        state: &TrainState,
+        write_model: impl FnOnce(&Path) -> Result<()>,
+        optimizer: &HashMap<String, Tensor>,
+    ) -> Result<PathBuf> {
+        fs::create_dir_all(&self.root).map_err(|e| TrainError::io(&self.root, e))?;
+        let name = format!("step-{:08}", state.step);
+        let tmp = self.root.join(format!(".tmp-{name}"));
+        let dest = self.root.join(&name);
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        }
+        fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        write_model(&tmp.join("model.safetensors"))?;
+        if std::env::var(FAULT_ENV).as_deref() == Ok("abort-in-checkpoint") {
+            std::process::abort();
+        }
+        write_tensors(&tmp.join("optimizer.safetensors"), optimizer)?;
+        let json =
+            serde_json::to_vec_pretty(state).map_err(|e| TrainError::checkpoint(&tmp, e.to_string()))?;
+        write_synced(&tmp.join("state.json"), &json)?;
+        sync_dir(&tmp);
+        if dest.exists() {
+            fs::remove_dir_all(&dest).map_err(|e| TrainError::io(&dest, e))?;
+        }
+        fs::rename(&tmp, &dest).map_err(|e| TrainError::io(&dest, e))?;
+        sync_dir(&self.root);
+        Ok(dest)
+    }
+
+    /// Complete checkpoints, oldest first.
+    pub fn list(&self) -> Result<Vec<PathBuf>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(TrainError::io(&self.root, e)),
+        };
+        let mut out: Vec<(usize, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let step = name.strip_prefix("step-")?.parse().ok()?;
+                let path = e.path();
+                path.join("state.json").is_file().then_some((step, path))
+            })
+            .collect();
+        out.sort();
+        Ok(out.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// The newest complete checkpoint.
+    pub fn latest(&self) -> Result<Option<PathBuf>> {
+        Ok(self.list()?.pop())
+    }
+
+    /// Removes all but the newest `keep` checkpoints (and leftovers of interrupted saves).
+    pub fn prune(&self, keep: usize) -> Result<()> {
+        let all = self.list()?;
+        for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+            fs::remove_dir_all(old).map_err(|e| TrainError::io(old, e))?;
+        }
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for e in entries.filter_map(|e| e.ok()) {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `checkpoint` to `best/` (replacing the previous best).
+    pub fn mark_best(&self, checkpoint: &Path) -> Result<()> {
+        let tmp = self.root.join(".tmp-best");
+        let best = self.root.join("best");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+            fs::copy(checkpoint.join(file), tmp.join(file))
+                .map_err(|e| TrainError::io(checkpoint.join(file), e))?;
+        }
+        if best.exists() {
+            fs::remove_dir_all(&best).map_err(|e| TrainError::io(&best, e))?;
+        }
+        fs::rename(&tmp, &best).map_err(|e| TrainError::io(&best, e))?;
+        sync_dir(&self.root);
+        Ok(())
+    }
+}
+
+/// Reads `state.json` of a checkpoint folder.
+pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
+    let path = checkpoint.join("state.json");
+    let text = fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .map_err(|e| TrainError::checkpoint(&path, format!("not a valid training state: {e}")))?;
+    if state.version > STATE_VERSION {
+        return Err(TrainError::checkpoint(
+            &path,
+            format!(
+                "written by a newer version (state format {}, this build reads {STATE_VERSION})",
+                state.version
+            ),
+        ));
+    }
+    Ok(state)
+}

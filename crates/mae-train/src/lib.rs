@@ -1,0 +1,30 @@
+//! A small, generic trainer: it trains anything that implements [`Trainable`] (the loss of a
+//! batch and its named variables) on anything that implements [`BatchSource`].
+//!
+//! - [`AdamW`] with parameter groups (no weight decay on 1-D parameters and biases) and savable
+//!   state; [`LrSchedule`]: `base_lr * batch / 256`, linear warm-up, half-cycle cosine;
+//! - gradient accumulation, optional clipping, a guard against non-finite steps;
+//! - atomic checkpoints with an exact resume ([`Checkpoints`]); `metrics.jsonl`, a loss plot,
+//!   a progress bar or log lines.
+
+mod checkpoint;
+mod error;
+mod metrics;
+mod optim;
+mod plot;
+mod progress;
+mod schedule;
+mod trainer;
+
+pub use checkpoint::{
+    load_vars, read_state, read_tensors, write_tensors, Checkpoints, TrainState, FAULT_ENV,
+};
+pub use error::{Result, TrainError};
+pub use metrics::{read_steps, MetricsLog, StepRecord};
+pub use optim::{decays, AdamW, AdamWConfig};
+pub use plot::plot_loss;
+pub use progress::{Progress, ProgressMode};
+pub use schedule::LrSchedule;
+pub use trainer::{
+    global_norm, BatchSource, Hooks, NoHooks, TrainSummary, Trainable, Trainer, TrainerConfig,
+};

@@ -1,0 +1,76 @@
+//! The loss curve as a PNG: raw per-step loss and an exponential moving average, log-scaled.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::error::{Result, TrainError};
+use crate::metrics::StepRecord;
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // A bundled font: the plot must not depend on the machine's font setup.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+/// Draws `records` into `path` (PNG, 900x500).
+pub fn plot_loss(records: &[StepRecord], title: &str, path: &Path) -> Result<()> {
+    register_font();
+    let fail = |e: String| TrainError::checkpoint(path, format!("cannot draw the loss plot: {e}"));
+    let points: Vec<(f64, f64)> = records
+        .iter()
+        .filter(|r| r.loss.is_finite() && r.loss > 0.0)
+        .map(|r| (r.step as f64, r.loss))
+        .collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    let mut ema = Vec::with_capacity(points.len());
+    let mut acc = points[0].1;
+    for &(x, y) in &points {
+        acc = 0.95 * acc + 0.05 * y;
+        ema.push((x, acc));
+    }
+    let x_max = points.last().map_or(1.0, |p| p.0).max(1.0);
+    let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+    let (lo, hi) = (lo * 0.9, hi * 1.1);
+
+    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, (lo..hi).log_scale())
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss (masked-patch MSE)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .draw_series(LineSeries::new(points, RGBColor(170, 190, 230).stroke_width(1)))
+        .map_err(|e| fail(e.to_string()))?
+        .label("per step")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(170, 190, 230)));
+    chart
+        .draw_series(LineSeries::new(ema, RGBColor(20, 60, 160).stroke_width(2)))
+        .map_err(|e| fail(e.to_string()))?
+        .label("moving average")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(20, 60, 160)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    root.present().map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
