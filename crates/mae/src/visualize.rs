@@ -1,0 +1,139 @@
+//! The paper's reconstruction picture: for each image a row of
+//! original | masked (visible patches only) | reconstruction | reconstruction with the visible
+//! patches pasted back.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use image::{Rgb, RgbImage};
+use mae_patch::{patchify, unpatchify, MaskPlan};
+
+use crate::error::{MaeError, Result};
+use crate::model::MaskedAutoencoder;
+
+/// Per-channel normalisation that was applied to the pixels, to undo for display.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Denormalize {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for Denormalize {
+    /// ImageNet statistics, the MAE transform's default.
+    fn default() -> Self {
+        Self { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+    }
+}
+
+/// The four panels of each image, `[B, C, H, W]` in normalised pixel space.
+pub struct Reconstruction {
+    pub original: Tensor,
+    pub masked: Tensor,
+    pub reconstruction: Tensor,
+    pub pasted: Tensor,
+}
+
+/// Runs the model on `pixels` with `plan` and assembles the four panels. With `norm_pix_loss` the
+/// model predicts per-patch normalised pixels; they are mapped back with each true patch's mean
+/// and standard deviation (as the paper's visualisations of such models do).
+pub fn reconstruct(model: &MaskedAutoencoder, pixels: &Tensor, plan: &MaskPlan) -> Result<Reconstruction> {
+    let config = model.config();
+    let p = config.patch_size;
+    let grid = mae_patch::PatchGrid::new(config.image_size[0], config.image_size[1], p)?;
+    let out = model.forward_with_plan(pixels, plan)?;
+    let target = patchify(pixels, p)?; // [B, L, p*p*C]
+    let mut pred = out.pred.detach();
+    if config.norm_pix_loss {
+        let mean = target.mean_keepdim(candle_core::D::Minus1)?;
+        let var = target.broadcast_sub(&mean)?.sqr()?.sum_keepdim(candle_core::D::Minus1)?;
+        let n = target.dim(candle_core::D::Minus1)?.saturating_sub(1).max(1);
+        let std = ((var / n as f64)? + mae_loss::NORM_PIX_EPS)?.sqrt()?;
+        pred = pred.broadcast_mul(&std)?.broadcast_add(&mean)?;
+    }
+    let mask = out.mask.unsqueeze(2)?; // [B, L, 1], 1 = removed
+    let keep = (1.0 - &mask)?;
+    let c = config.in_channels;
+    // Removed patches shown as mid-grey (0 in normalised space is the dataset mean).
+    let masked = target.broadcast_mul(&keep)?;
+    let pasted = (target.broadcast_mul(&keep)? + pred.broadcast_mul(&mask)?)?;
+    Ok(Reconstruction {
+        original: pixels.clone(),
+        masked: unpatchify(&masked, grid, c)?,
+        reconstruction: unpatchify(&pred, grid, c)?,
+        pasted: unpatchify(&pasted, grid, c)?,
+    })
+}
+
+/// `[C, H, W]` normalised pixels -> an RGB picture (grayscale models are shown in grey).
+fn to_rgb(img: &Tensor, denorm: &Denormalize) -> Result<RgbImage> {
+    let (c, h, w) = img.dims3()?;
+    let data = img.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = RgbImage::new(w as u32, h as u32);
+    for y in 0..h {
+        for x in 0..w {
+            let mut px = [0u8; 3];
+            for (ch, v) in px.iter_mut().enumerate() {
+                let src = ch.min(c - 1);
+                let value = data[src * h * w + y * w + x] * denorm.std[src % 3] + denorm.mean[src % 3];
+                *v = (value.clamp(0.0, 1.0) * 255.0).round() as u8;
+            }
+            out.put_pixel(x as u32, y as u32, Rgb(px));
+        }
+    }
+    Ok(out)
+}
+
+/// Lays the panels out as a grid (one row per image, four columns), each panel scaled up by an
+/// integer factor so small images stay visible, and writes it as PNG.
+pub fn save_grid(rec: &Reconstruction, denorm: &Denormalize, path: &Path) -> Result<()> {
+    let (b, _, h, w) = rec.original.dims4()?;
+    let scale = (128 / h.max(w)).max(1) as u32;
+    let (cell_w, cell_h, gap) = (w as u32 * scale, h as u32 * scale, 4u32);
+    let mut canvas = RgbImage::from_pixel(4 * cell_w + 5 * gap, b as u32 * cell_h + (b as u32 + 1) * gap, Rgb([255; 3]));
+    for (col, panel) in [&rec.original, &rec.masked, &rec.reconstruction, &rec.pasted].into_iter().enumerate() {
+        for row in 0..b {
+            let small = to_rgb(&panel.get(row)?, denorm)?;
+            let big = image::imageops::resize(&small, cell_w, cell_h, image::imageops::FilterType::Nearest);
+            let (x0, y0) = (gap + col as u32 * (cell_w + gap), gap + row as u32 * (cell_h + gap));
+            image::imageops::replace(&mut canvas, &big, x0 as i64, y0 as i64);
+        }
+    }
+    let mut bytes = Vec::new();
+    canvas
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| MaeError::Config(format!("cannot encode {}: {e}", path.display())))?;
+    crate::io::write_atomically(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MaeConfig;
+    use rand::SeedableRng;
+
+    #[test]
+    fn panels_have_the_image_shape_and_pasting_keeps_visible_pixels() -> Result<()> {
+        let mut config = MaeConfig::mae_vit_tiny_patch4_32();
+        config.encoder.depth = 1;
+        config.decoder.depth = 1;
+        config.norm_pix_loss = true;
+        let model = MaskedAutoencoder::new(&config, 0, &Device::Cpu)?;
+        let pixels = Tensor::arange(0f32, 2. * 3. * 32. * 32., &Device::Cpu)?.reshape((2, 3, 32, 32))?;
+        let pixels = ((pixels / 3000.0)? - 1.0)?;
+        let plan = mae_patch::random_masking(2, 64, 0.75, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1))?;
+        let rec = reconstruct(&model, &pixels, &plan)?;
+        for t in [&rec.masked, &rec.reconstruction, &rec.pasted] {
+            assert_eq!(t.dims(), &[2, 3, 32, 32]);
+        }
+        // Where a patch is visible, the pasted panel is the original.
+        let keep = (1.0 - plan.mask(DType::F32, &Device::Cpu)?)?.unsqueeze(2)?;
+        let diff = (patchify(&rec.pasted, 4)? - patchify(&pixels, 4)?)?.broadcast_mul(&keep)?;
+        assert!(diff.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        let dir = tempfile::tempdir().map_err(|e| MaeError::io("tempdir", e))?;
+        let path = dir.path().join("grid.png");
+        save_grid(&rec, &Denormalize::default(), &path)?;
+        let img = image::open(&path).map_err(|e| MaeError::Config(e.to_string()))?;
+        assert_eq!((img.width(), img.height()), (4 * 128 + 20, 2 * 128 + 12));
+        Ok(())
+    }
+}
