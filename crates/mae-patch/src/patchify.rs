@@ -16,7 +16,7 @@ impl PatchGrid {
         if patch == 0 {
             bail!("patch size must be positive")
         }
-        if height == 0 || width == 0 || height % patch != 0 || width % patch != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(patch) || !width.is_multiple_of(patch) {
             bail!("image size {height}x{width} is not a positive multiple of the patch size {patch}")
         }
         Ok(Self { rows: height / patch, cols: width / patch, patch })

@@ -9,7 +9,7 @@ use candle_core::{bail, Device, Result, Tensor};
 
 /// `[(1 +) rows * cols, dim]` row-major values; with `cls_token` a leading all-zero row.
 pub fn sincos_2d(dim: usize, rows: usize, cols: usize, cls_token: bool) -> Result<Vec<f32>> {
-    if dim == 0 || dim % 4 != 0 {
+    if dim == 0 || !dim.is_multiple_of(4) {
         bail!("sin-cos position embedding needs a dimension divisible by 4, got {dim}")
     }
     let quarter = dim / 4;

@@ -28,11 +28,14 @@ pub fn plot_loss(records: &[StepRecord], title: &str, path: &Path) -> Result<()>
     if points.is_empty() {
         return Ok(());
     }
+    // Smooth over about a tenth of the run, bias-corrected so the start does not lag.
+    let alpha = (10.0 / points.len() as f64).clamp(0.01, 0.5);
     let mut ema = Vec::with_capacity(points.len());
-    let mut acc = points[0].1;
+    let (mut acc, mut weight) = (0.0, 0.0);
     for &(x, y) in &points {
-        acc = 0.95 * acc + 0.05 * y;
-        ema.push((x, acc));
+        acc = (1.0 - alpha) * acc + alpha * y;
+        weight = (1.0 - alpha) * weight + alpha;
+        ema.push((x, acc / weight));
     }
     let x_max = points.last().map_or(1.0, |p| p.0).max(1.0);
     let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));

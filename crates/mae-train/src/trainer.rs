@@ -69,7 +69,8 @@ pub struct TrainerConfig {
     /// Save every this many steps (0: only at epoch ends and the end).
     pub checkpoint_every: usize,
     pub keep_last: usize,
-    /// Log a metrics line every this many steps.
+    /// Print a progress line (without a terminal) and restart the images/s window every this
+    /// many steps; `metrics.jsonl` gets every step.
     pub log_every: usize,
     pub seed: u64,
     pub world_size: usize,
@@ -207,6 +208,10 @@ impl<M: Trainable> Trainer<M> {
                 for _ in 0..cfg.accum {
                     let Some(batch) = batches.next() else { break 'steps };
                     let batch = batch?;
+                    self.state.batch_in_epoch += 1;
+                    if M::batch_len(&batch) == 0 {
+                        continue; // every sample of it was skipped by the loader
+                    }
                     images += M::batch_len(&batch);
                     let loss = self.model.loss(&batch)?;
                     step_loss +=
@@ -226,10 +231,11 @@ impl<M: Trainable> Trainer<M> {
                             acc.iter().zip(&micro).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?
                         }
                     });
-                    self.state.batch_in_epoch += 1;
                 }
-                let Some(mut grads) = grads else { break };
-                let grad_norm = global_norm(&grads)?;
+                let (grad_norm, mut grads) = match grads {
+                    Some(g) => (global_norm(&g)?, g),
+                    None => (f64::NAN, Vec::new()), // nothing loaded: a non-finite step
+                };
                 let step = self.state.step;
                 let lr = cfg.schedule.lr(step);
                 if !step_loss.is_finite() || !grad_norm.is_finite() {
@@ -256,7 +262,7 @@ impl<M: Trainable> Trainer<M> {
                 window.1 += images;
 
                 let done = self.state.step;
-                let log = done % cfg.log_every.max(1) == 0 || done == cfg.total_steps;
+                let log = done.is_multiple_of(cfg.log_every.max(1)) || done == cfg.total_steps;
                 let elapsed = start.elapsed().as_secs_f64();
                 let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 let eta = elapsed / (done - start_step) as f64 * (cfg.total_steps - done) as f64;
@@ -270,11 +276,14 @@ impl<M: Trainable> Trainer<M> {
                     elapsed_s: elapsed,
                 };
                 progress.step(&record, eta, log);
+                metrics.write(&record)?;
                 if log {
-                    metrics.write(&record)?;
                     window = (Instant::now(), 0);
                 }
-                if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.total_steps {
+                if cfg.checkpoint_every > 0
+                    && done.is_multiple_of(cfg.checkpoint_every)
+                    && done < cfg.total_steps
+                {
                     self.save_checkpoint(mean(loss_sum))?;
                     loss_sum = (0.0, 0);
                     hooks.on_checkpoint(&cfg.run_dir)?;

@@ -96,7 +96,7 @@ pub struct Attention {
 
 impl Attention {
     pub fn new(dim: usize, num_heads: usize, qkv_bias: bool, vb: VarBuilder) -> Result<Self> {
-        if num_heads == 0 || dim % num_heads != 0 {
+        if num_heads == 0 || !dim.is_multiple_of(num_heads) {
             candle_core::bail!("width {dim} is not divisible by {num_heads} attention heads")
         }
         Ok(Self {

@@ -14,11 +14,10 @@ use crate::error::{MaeError, Result};
 use crate::model::MaskedAutoencoder;
 use crate::naming::{self, Naming};
 
-/// safetensors header key holding our JSON [`MaeConfig`].
+/// safetensors header key holding our JSON [`MaeConfig`]; its presence marks our files. It is
+/// the only key: safetensors writes header metadata in hash order, and one key keeps saved files
+/// byte-for-byte reproducible.
 pub const CONFIG_METADATA_KEY: &str = "mae_config";
-/// safetensors header key naming the format, `mae-rs`.
-pub const FORMAT_METADATA_KEY: &str = "format";
-const FORMAT: &str = "mae-rs";
 
 /// Tensors and header metadata of a safetensors file.
 pub struct WeightsFile {
@@ -81,10 +80,7 @@ impl MaskedAutoencoder {
     /// config in the header so [`MaskedAutoencoder::load`] needs nothing else.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let config = serde_json::to_string(self.config()).map_err(|e| MaeError::Config(e.to_string()))?;
-        let metadata = HashMap::from([
-            (CONFIG_METADATA_KEY.to_string(), config),
-            (FORMAT_METADATA_KEY.to_string(), FORMAT.into()),
-        ]);
+        let metadata = HashMap::from([(CONFIG_METADATA_KEY.to_string(), config)]);
         let mut tensors: Vec<(String, Tensor)> = self.state_dict().into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| MaeError::Format {

@@ -15,18 +15,19 @@
 mod config;
 mod error;
 pub mod init;
-mod knn;
 mod io;
+mod knn;
 mod model;
 pub mod naming;
+pub mod pretrain;
 pub mod visualize;
 
 pub use config::{MaeConfig, StackShape, PRESETS};
 pub use error::{MaeError, Result};
 pub use io::{config_from_hf_json, write_atomically, WeightsFile};
+pub use knn::{knn_classify, KnnResult};
 pub use mae_patch::MaskPlan;
 pub use mae_vit::{Pool, PosEmbed};
-pub use knn::{knn_classify, KnnResult};
 pub use model::{MaeOutput, MaskedAutoencoder};
 
 /// The crates this one composes, for users who build their own models from the pieces.

@@ -89,8 +89,10 @@ pub fn save_grid(rec: &Reconstruction, denorm: &Denormalize, path: &Path) -> Res
     let (b, _, h, w) = rec.original.dims4()?;
     let scale = (128 / h.max(w)).max(1) as u32;
     let (cell_w, cell_h, gap) = (w as u32 * scale, h as u32 * scale, 4u32);
-    let mut canvas = RgbImage::from_pixel(4 * cell_w + 5 * gap, b as u32 * cell_h + (b as u32 + 1) * gap, Rgb([255; 3]));
-    for (col, panel) in [&rec.original, &rec.masked, &rec.reconstruction, &rec.pasted].into_iter().enumerate() {
+    let mut canvas =
+        RgbImage::from_pixel(4 * cell_w + 5 * gap, b as u32 * cell_h + (b as u32 + 1) * gap, Rgb([255; 3]));
+    for (col, panel) in [&rec.original, &rec.masked, &rec.reconstruction, &rec.pasted].into_iter().enumerate()
+    {
         for row in 0..b {
             let small = to_rgb(&panel.get(row)?, denorm)?;
             let big = image::imageops::resize(&small, cell_w, cell_h, image::imageops::FilterType::Nearest);

@@ -1,0 +1,223 @@
+//! The MAE train transform (the paper's and lightly's `MAETransform`) and the eval transform.
+//!
+//! Both produce a normalised float image in CHW layout `[3, size, size]`, whatever the input:
+//! grayscale is replicated to RGB, alpha dropped, 16-bit scaled to [0, 1].
+
+use std::fmt::Debug;
+
+use candle_core::{Device, Tensor};
+use image::DynamicImage;
+use rand::RngCore;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{DataError, Result};
+use crate::pixels::{crop, resize, to_plane, write_chw};
+use crate::rng::{below, uniform, unit_f64};
+
+/// Per-channel normalisation `(x - mean) / std` of [0, 1] pixel values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalize {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalize {
+    /// torchvision's ImageNet statistics, the MAE and lightly default.
+    pub const IMAGENET: Self = Self { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    /// No normalisation: pixels stay in [0, 1].
+    pub const IDENTITY: Self = Self { mean: [0.0; 3], std: [1.0; 3] };
+
+    fn check(&self) -> Result<()> {
+        if self.std.iter().chain(&self.mean).any(|v| !v.is_finite()) || self.std.iter().any(|&s| s <= 0.0) {
+            return Err(DataError::Config(format!("normalisation {self:?} needs finite values and std > 0")));
+        }
+        Ok(())
+    }
+}
+
+/// A region of an image, in pixels, as torchvision's `(i, j, h, w)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CropBox {
+    pub top: u32,
+    pub left: u32,
+    pub height: u32,
+    pub width: u32,
+}
+
+/// A per-sample image transform run by the loader's workers. `rng` is the sample's own keyed
+/// generator (see [`crate::sample_rng`]); deterministic transforms ignore it.
+pub trait Transform: Send + Sync + Debug {
+    /// Output (height, width); the output has 3 channels.
+    fn output_size(&self) -> (usize, usize);
+
+    /// Checks the parameters; the loader calls it once before starting.
+    fn check(&self) -> Result<()>;
+
+    /// Writes the transformed image as CHW floats into `out` (length 3 * height * width).
+    fn apply_into(&self, image: &DynamicImage, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()>;
+
+    /// The transformed image as a `[3, H, W]` CPU tensor.
+    fn apply(&self, image: &DynamicImage, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        self.check()?;
+        let (h, w) = self.output_size();
+        let mut out = vec![0f32; 3 * h * w];
+        self.apply_into(image, rng, &mut out)?;
+        Ok(Tensor::from_vec(out, (3, h, w), &Device::Cpu)?)
+    }
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: ten tries of a uniform area fraction in `scale`
+/// and a log-uniform aspect ratio in `ratio`, then a central crop clamped to the ratio range.
+/// Rounding is Python's (half to even), so the same random numbers give the same box.
+pub fn random_resized_crop_params(
+    width: u32,
+    height: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut impl RngCore,
+) -> CropBox {
+    let area = width as f64 * height as f64;
+    let (log_lo, log_hi) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target_area = area * uniform(rng, scale.0, scale.1);
+        let aspect = uniform(rng, log_lo, log_hi).exp();
+        let w = (target_area * aspect).sqrt().round_ties_even();
+        let h = (target_area / aspect).sqrt().round_ties_even();
+        if w > 0.0 && w <= width as f64 && h > 0.0 && h <= height as f64 {
+            let (w, h) = (w as u32, h as u32);
+            let top = below(rng, (height - h + 1) as u64) as u32;
+            let left = below(rng, (width - w + 1) as u64) as u32;
+            return CropBox { top, left, height: h, width: w };
+        }
+    }
+    let in_ratio = width as f64 / height as f64;
+    let (w, h) = if in_ratio < ratio.0.min(ratio.1) {
+        (width, ((width as f64 / ratio.0.min(ratio.1)).round_ties_even() as u32).clamp(1, height))
+    } else if in_ratio > ratio.0.max(ratio.1) {
+        (((height as f64 * ratio.0.max(ratio.1)).round_ties_even() as u32).clamp(1, width), height)
+    } else {
+        (width, height)
+    };
+    CropBox { top: (height - h) / 2, left: (width - w) / 2, height: h, width: w }
+}
+
+/// The MAE pre-training augmentation: `RandomResizedCrop(size, scale=(0.2, 1.0),
+/// ratio=(3/4, 4/3), interpolation=BICUBIC)`, `RandomHorizontalFlip(0.5)`, `ToTensor`,
+/// `Normalize(ImageNet)`: the paper's `main_pretrain.py` and lightly's `MAETransform`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaeTrainTransform {
+    pub size: usize,
+    pub scale: (f64, f64),
+    pub ratio: (f64, f64),
+    /// Probability of a horizontal flip.
+    pub hflip: f64,
+    pub normalize: Normalize,
+}
+
+impl MaeTrainTransform {
+    pub fn new(size: usize) -> Self {
+        Self {
+            size,
+            scale: (0.2, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            hflip: 0.5,
+            normalize: Normalize::IMAGENET,
+        }
+    }
+}
+
+fn check_size(size: usize) -> Result<()> {
+    if size == 0 || size > 8192 {
+        return Err(DataError::Config(format!("transform output size {size} is outside 1..=8192")));
+    }
+    Ok(())
+}
+
+impl Transform for MaeTrainTransform {
+    fn output_size(&self) -> (usize, usize) {
+        (self.size, self.size)
+    }
+
+    fn check(&self) -> Result<()> {
+        check_size(self.size)?;
+        let (s, r) = (self.scale, self.ratio);
+        if !(s.0 > 0.0 && s.0 <= s.1 && s.1 <= 1.0) {
+            return Err(DataError::Config(format!("crop scale {s:?} must satisfy 0 < lo <= hi <= 1")));
+        }
+        if !(r.0 > 0.0 && r.0 <= r.1 && r.1.is_finite()) {
+            return Err(DataError::Config(format!("crop ratio {r:?} must satisfy 0 < lo <= hi")));
+        }
+        if !(0.0..=1.0).contains(&self.hflip) {
+            return Err(DataError::Config(format!("flip probability {} is outside [0, 1]", self.hflip)));
+        }
+        self.normalize.check()
+    }
+
+    fn apply_into(&self, image: &DynamicImage, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
+        let plane = to_plane(image);
+        let crop_box = random_resized_crop_params(plane.width, plane.height, self.scale, self.ratio, rng);
+        // Draw the flip after the crop, in torchvision's order.
+        let flip = unit_f64(rng) < self.hflip;
+        let cropped = crop(&plane, crop_box)?;
+        let size = self.size as u32;
+        let resized = resize(&cropped, size, size)?;
+        write_chw(&resized, flip, &self.normalize, out)
+    }
+}
+
+/// The evaluation transform (MAE's linear probe and fine-tune eval, timm's default): resize the
+/// shorter side to `floor(size / crop_pct)` with bicubic, centre-crop `size` x `size`, normalise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalTransform {
+    pub size: usize,
+    /// Fraction of the resized image kept by the centre crop; 0.875 (224 of 256) by default,
+    /// 1.0 to resize the shorter side straight to `size`.
+    pub crop_pct: f64,
+    pub normalize: Normalize,
+}
+
+impl EvalTransform {
+    pub fn new(size: usize) -> Self {
+        Self { size, crop_pct: 0.875, normalize: Normalize::IMAGENET }
+    }
+
+    /// The resized (width, height) for an input of `width` x `height`, as torchvision's
+    /// `Resize(int)`: the shorter side becomes the target, the longer one is truncated.
+    pub fn resized_size(&self, width: u32, height: u32) -> (u32, u32) {
+        let short_target = (self.size as f64 / self.crop_pct).floor().max(self.size as f64) as u64;
+        let (short, long) = (width.min(height) as u64, width.max(height) as u64);
+        let long_target = (short_target * long / short).max(short_target) as u32;
+        let short_target = short_target as u32;
+        if width <= height {
+            (short_target, long_target)
+        } else {
+            (long_target, short_target)
+        }
+    }
+}
+
+impl Transform for EvalTransform {
+    fn output_size(&self) -> (usize, usize) {
+        (self.size, self.size)
+    }
+
+    fn check(&self) -> Result<()> {
+        check_size(self.size)?;
+        if !(self.crop_pct > 0.0 && self.crop_pct <= 1.0) {
+            return Err(DataError::Config(format!("crop_pct {} is outside (0, 1]", self.crop_pct)));
+        }
+        self.normalize.check()
+    }
+
+    fn apply_into(&self, image: &DynamicImage, _rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
+        let plane = to_plane(image);
+        let (w, h) = self.resized_size(plane.width, plane.height);
+        let resized = resize(&plane, w, h)?;
+        let size = self.size as u32;
+        // torchvision's CenterCrop: int(round((h - size) / 2)), Python rounding.
+        let offset = |full: u32| ((full - size) as f64 / 2.0).round_ties_even() as u32;
+        let centre = CropBox { top: offset(h), left: offset(w), height: size, width: size };
+        let cropped = crop(&resized, centre)?;
+        write_chw(&cropped, false, &self.normalize, out)
+    }
+}

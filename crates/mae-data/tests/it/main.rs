@@ -1,0 +1,13 @@
+//! Integration tests of mae-data, in one binary so that the workspace links one test executable
+//! for this crate instead of one per file.
+
+mod broken;
+mod common;
+mod formats;
+#[cfg(feature = "hf")]
+mod hf;
+mod loader;
+mod real_data;
+mod spec;
+mod synthetic;
+mod transform;

@@ -1,0 +1,339 @@
+//! The commands besides `pretrain`: reconstruct, embed, knn, info, bench.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use mae::{MaeConfig, MaskedAutoencoder, Pool};
+use mae_data::{DataSpec, OpenOptions, Transform};
+
+use crate::util;
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  mae reconstruct --weights runs/20261128-181500 --image a.png b.jpg --out rec.png"
+)]
+pub struct ReconstructArgs {
+    /// Model: a run folder, checkpoint folder, .safetensors file or Hugging Face model folder.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Images to reconstruct (resized and center-cropped to the model's size).
+    #[arg(long, num_args = 1.., required = true)]
+    pub image: Vec<PathBuf>,
+    /// Output PNG.
+    #[arg(long, default_value = "reconstruction.png")]
+    pub out: PathBuf,
+    /// Fraction hidden (default: the model's).
+    #[arg(long)]
+    pub mask_ratio: Option<f64>,
+    /// Seeds the masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
+    let device = util::parse_device(&args.device)?;
+    let mut model = util::load_model(&args.weights, &device)?;
+    if let Some(r) = args.mask_ratio {
+        let mut config = model.config().clone();
+        config.mask_ratio = r;
+        config.validate().context("--mask-ratio")?;
+        model = MaskedAutoencoder::from_tensors(&config, model.state_dict(), "--weights", &device)?;
+    }
+    let size = model.config().image_size[0];
+    let transform = mae_data::EvalTransform::new(size);
+    let limits = mae_data::DecodeLimits::default();
+    let mut images = Vec::new();
+    for path in &args.image {
+        let img =
+            mae_data::open_image(path, &limits).with_context(|| format!("--image {}", path.display()))?;
+        let mut rng = mae_data::sample_rng(0, 0, 0, 0);
+        images.push(transform.apply(&img, &mut rng).with_context(|| format!("--image {}", path.display()))?);
+    }
+    let pixels = Tensor::stack(&images, 0)?.to_device(&device)?;
+    let b = images.len();
+    let l = model.config().num_patches();
+    let noise = mae::pretrain::batch_noise(args.seed, 0, &(0..b).collect::<Vec<_>>(), l);
+    let plan = mae::MaskPlan::from_noise_values(&noise, b, l, model.config().mask_ratio)?;
+    let rec = mae::visualize::reconstruct(&model, &pixels, &plan)?;
+    mae::visualize::save_grid(&rec, &mae::visualize::Denormalize::default(), &args.out)
+        .with_context(|| format!("--out {}", args.out.display()))?;
+    eprintln!("wrote {} (original | masked | reconstruction | reconstruction + visible)", args.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  mae embed --weights runs/20261128-181500 --data mnist:data/mnist@test --out feats.safetensors"
+)]
+pub struct EmbedArgs {
+    #[arg(long)]
+    pub weights: PathBuf,
+    #[arg(long, value_name = "SPEC")]
+    pub data: String,
+    /// Output safetensors: `features` [N, D], `labels` [N] (when labeled).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// cls or mean (of patch tokens).
+    #[arg(long, default_value = "mean")]
+    pub pool: String,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn parse_pool(s: &str) -> Result<Pool> {
+    match s {
+        "cls" => Ok(Pool::Cls),
+        "mean" => Ok(Pool::Mean),
+        _ => bail!("--pool {s}: expected cls or mean"),
+    }
+}
+
+fn open_data(spec: &str, flag: &str, size: usize) -> Result<Arc<dyn mae_data::Dataset>> {
+    let parsed: DataSpec = spec.parse().with_context(|| format!("{flag} {spec}"))?;
+    let options = OpenOptions { synthetic_size: size as u32, ..OpenOptions::default() };
+    mae_data::open(&parsed, &options).with_context(|| format!("{flag} {spec}"))
+}
+
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub fn embed(args: EmbedArgs) -> Result<()> {
+    let device = util::parse_device(&args.device)?;
+    let model = util::load_model(&args.weights, &device)?;
+    let dataset = open_data(&args.data, "--data", model.config().image_size[0])?;
+    let (features, labels) = mae::pretrain::extract_features(
+        &model,
+        dataset,
+        parse_pool(&args.pool)?,
+        args.batch_size,
+        workers(),
+    )?;
+    let mut out = HashMap::from([("features".to_string(), features.clone())]);
+    if labels.len() == features.dim(0)? {
+        out.insert("labels".to_string(), Tensor::from_vec(labels.clone(), labels.len(), &Device::Cpu)?);
+    }
+    mae_train::write_tensors(&args.out, &out).with_context(|| format!("--out {}", args.out.display()))?;
+    eprintln!("wrote {} features of {} dims to {}", features.dim(0)?, features.dim(1)?, args.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  mae knn --weights runs/x --train mnist:data@train --test mnist:data@test\n  \
+                        mae knn --preset mae-vit-tiny-patch4-32 --train ... --test ...   # random-init baseline"
+)]
+pub struct KnnArgs {
+    /// Model weights; or --preset for a freshly initialised encoder (the baseline).
+    #[arg(long, required_unless_present = "preset")]
+    pub weights: Option<PathBuf>,
+    #[arg(long, conflicts_with = "weights")]
+    pub preset: Option<String>,
+    #[arg(long, value_name = "SPEC")]
+    pub train: String,
+    #[arg(long, value_name = "SPEC")]
+    pub test: String,
+    #[arg(long, default_value_t = 200)]
+    pub k: usize,
+    #[arg(long, default_value_t = 0.07)]
+    pub temperature: f64,
+    #[arg(long, default_value = "mean")]
+    pub pool: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn knn(args: KnnArgs) -> Result<()> {
+    let device = util::parse_device(&args.device)?;
+    let model = match (&args.weights, &args.preset) {
+        (Some(w), _) => util::load_model(w, &device)?,
+        (None, Some(p)) => {
+            MaskedAutoencoder::new(&MaeConfig::preset(p).context("--preset")?, args.seed, &device)?
+        }
+        (None, None) => bail!("give --weights or --preset"),
+    };
+    let size = model.config().image_size[0];
+    let train = open_data(&args.train, "--train", size)?;
+    let test = open_data(&args.test, "--test", size)?;
+    if train.class_names().is_empty() {
+        bail!("--train {}: k-NN needs a labeled dataset", args.train);
+    }
+    let monitor = mae::pretrain::KnnMonitor {
+        train,
+        test,
+        every_epochs: 1,
+        k: args.k,
+        temperature: args.temperature,
+        pool: parse_pool(&args.pool)?,
+    };
+    let r = mae::pretrain::knn_accuracy(&model, &monitor)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let top5 = r.top5.map_or(String::new(), |t| format!(", top-5 {:.2}%", t * 100.0));
+        println!(
+            "k-NN (k={}, {} train / {} test): top-1 {:.2}%{top5}",
+            r.k,
+            r.num_train,
+            r.num_test,
+            r.top1 * 100.0
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// A run folder, checkpoint folder, .safetensors file or Hugging Face model folder.
+    #[arg(long, required_unless_present = "presets")]
+    pub weights: Option<PathBuf>,
+    /// List the presets instead.
+    #[arg(long)]
+    pub presets: bool,
+}
+
+pub fn info(args: InfoArgs) -> Result<()> {
+    if args.presets {
+        for name in mae::PRESETS {
+            let c = MaeConfig::preset(name)?;
+            println!(
+                "{name:26} {}x{} px, patch {:2}, encoder {}/{}/{}, decoder {}/{}/{}",
+                c.image_size[0],
+                c.image_size[1],
+                c.patch_size,
+                c.encoder.dim,
+                c.encoder.depth,
+                c.encoder.num_heads,
+                c.decoder.dim,
+                c.decoder.depth,
+                c.decoder.num_heads
+            );
+        }
+        return Ok(());
+    }
+    let Some(weights) = args.weights else { bail!("give --weights or --presets") };
+    let resolved = util::resolve_weights(&weights)?;
+    let model = util::load_model(&weights, &Device::Cpu)?;
+    println!("weights: {}", resolved.display());
+    println!(
+        "parameters: {} ({:.2}M trainable)",
+        model.num_parameters(),
+        model.num_parameters() as f64 / 1e6
+    );
+    if let Some(dir) = resolved.parent().filter(|d| d.join("state.json").is_file()) {
+        let state = mae_train::read_state(dir)?;
+        println!(
+            "training: step {}, epoch {}, seed {}, written by {}",
+            state.step, state.epoch, state.seed, state.written_by
+        );
+    }
+    println!("config: {}", serde_json::to_string_pretty(model.config())?);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "mae-vit-tiny-patch4-32")]
+    pub preset: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let device = util::parse_device(&args.device)?;
+    let config = MaeConfig::preset(&args.preset).context("--preset")?;
+    let model = MaskedAutoencoder::new(&config, 0, &device)?;
+    let mut opt = mae_train::AdamW::new(model.named_vars(), mae_train::AdamWConfig::default())?;
+    let [h, w] = config.image_size;
+    let pixels = mae_patch_noise(args.batch_size * 3 * h * w)?
+        .reshape((args.batch_size, 3, h, w))?
+        .to_device(&device)?;
+    let mut times = Vec::new();
+    let mut split = (0.0, 0.0, 0.0);
+    for step in 0..args.steps + 2 {
+        let t0 = Instant::now();
+        let noise = mae::pretrain::batch_noise(
+            0,
+            step as u64,
+            &(0..args.batch_size).collect::<Vec<_>>(),
+            config.num_patches(),
+        );
+        let plan = mae::MaskPlan::from_noise_values(
+            &noise,
+            args.batch_size,
+            config.num_patches(),
+            config.mask_ratio,
+        )?;
+        let loss = model.forward_with_plan(&pixels, &plan)?.loss;
+        let _ = loss.to_scalar::<f32>()?; // forward done
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let g: Vec<Tensor> = model
+            .named_vars()
+            .iter()
+            .map(|(_, v)| grads.get(v).cloned().map_or_else(|| v.zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
+        let t2 = Instant::now();
+        opt.step(&g, 1e-4)?;
+        device.synchronize()?;
+        let t3 = Instant::now();
+        if step >= 2 {
+            times.push((t3 - t0).as_secs_f64());
+            split.0 += (t1 - t0).as_secs_f64();
+            split.1 += (t2 - t1).as_secs_f64();
+            split.2 += (t3 - t2).as_secs_f64();
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let n = times.len().max(1) as f64;
+    let median = times[times.len() / 2];
+    let record = serde_json::json!({
+        "preset": args.preset,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "step_s_median": median,
+        "step_s_min": times.first(),
+        "step_s_max": times.last(),
+        "img_per_s": args.batch_size as f64 / median,
+        "forward_s": split.0 / n,
+        "backward_s": split.1 / n,
+        "optimizer_s": split.2 / n,
+        "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
+    });
+    if args.json {
+        println!("{record}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    }
+    Ok(())
+}
+
+/// Seeded stand-in pixels in the normalised range.
+fn mae_patch_noise(n: usize) -> Result<Tensor> {
+    let mut rng = mae_data::sample_rng(7, 0, 0, 0);
+    use rand::RngCore;
+    let v: Vec<f32> = (0..n).map(|_| (rng.next_u32() >> 8) as f32 / 8_388_608.0 - 1.0).collect();
+    Ok(Tensor::from_vec(v, n, &Device::Cpu)?)
+}

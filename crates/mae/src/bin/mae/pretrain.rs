@@ -1,0 +1,249 @@
+//! `mae pretrain`: settings -> data -> model -> trainer, with pictures and checkpoints in a run
+//! folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use mae::pretrain::{KnnMonitor, LoaderSource, MaeTask, PretrainHooks};
+use mae::MaskedAutoencoder;
+use mae_data::{DataSpec, Loader, LoaderConfig, MaeTrainTransform, OpenOptions, Split};
+use mae_train::{AdamWConfig, Checkpoints, LrSchedule, ProgressMode, Trainer, TrainerConfig};
+
+use crate::settings::{Pretrain, PretrainArgs};
+use crate::util;
+
+/// Pictures show this many fixed images.
+const PREVIEW_IMAGES: usize = 8;
+
+/// Settings a resumed run may change; everything else defines the trajectory.
+fn apply_resume_overrides(cfg: &mut Pretrain, args: &PretrainArgs) -> Result<()> {
+    let fixed = [
+        ("--data", args.data.is_some()),
+        ("--preset", args.preset.is_some()),
+        ("--batch-size", args.batch_size.is_some()),
+        ("--accum", args.accum.is_some()),
+        ("--base-lr", args.base_lr.is_some()),
+        ("--min-lr", args.min_lr.is_some()),
+        ("--weight-decay", args.weight_decay.is_some()),
+        ("--warmup-epochs", args.warmup_epochs.is_some()),
+        ("--mask-ratio", args.mask_ratio.is_some()),
+        ("--norm-pix-loss", args.norm_pix_loss.is_some()),
+        ("--img-size", args.img_size.is_some()),
+        ("--seed", args.seed.is_some()),
+        ("--dtype", args.dtype.is_some()),
+        ("--config", args.config.is_some()),
+        ("--out", args.out.is_some()),
+        ("--epochs", args.epochs.is_some()),
+        ("--steps", args.steps.is_some()),
+    ];
+    if let Some((flag, _)) = fixed.iter().find(|(_, set)| *set) {
+        bail!("{flag} cannot change when resuming: a resumed run continues the same trajectory (start a new run instead)");
+    }
+    if let Some(w) = args.workers {
+        cfg.workers = w;
+    }
+    if let Some(d) = &args.device {
+        cfg.device = d.clone();
+    }
+    if let Some(p) = &args.progress {
+        cfg.progress = p.clone();
+    }
+    if let Some(n) = args.log_every {
+        cfg.log_every = n;
+    }
+    if let Some(n) = args.checkpoint_every {
+        cfg.checkpoint_every = n;
+    }
+    if let Some(n) = args.keep_last {
+        cfg.keep_last = n;
+    }
+    Ok(())
+}
+
+fn newest_run(root: &Path) -> Result<PathBuf> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("--resume: no run folder given and {} cannot be read", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.toml").is_file())
+        .collect();
+    runs.sort();
+    runs.pop().with_context(|| format!("--resume: no run under {}", root.display()))
+}
+
+/// The labeled splits for the k-NN monitor: given, or the train/test splits of the data.
+fn knn_specs(cfg: &Pretrain) -> Result<(DataSpec, DataSpec)> {
+    let with_split = |split: Split| -> Result<DataSpec> {
+        Ok(match cfg.data.parse::<DataSpec>()? {
+            DataSpec::Mnist { path, .. } => DataSpec::Mnist { path, split },
+            DataSpec::Cifar10 { path, .. } => DataSpec::Cifar10 { path, split },
+            DataSpec::Synthetic { .. } => DataSpec::Synthetic { count: 2000, split },
+            other => bail!("--knn-every: give --knn-train and --knn-test for {other}"),
+        })
+    };
+    let train = match &cfg.knn_train {
+        Some(s) => s.parse()?,
+        None => with_split(Split::Train)?,
+    };
+    let test = match &cfg.knn_test {
+        Some(s) => s.parse()?,
+        None => with_split(Split::Test)?,
+    };
+    Ok((train, test))
+}
+
+pub fn run(args: PretrainArgs) -> Result<()> {
+    let (cfg, resume_from) = match &args.resume {
+        Some(dir) => {
+            let dir = if dir.as_os_str().is_empty() { newest_run(Path::new("runs"))? } else { dir.clone() };
+            let mut cfg = Pretrain::from_run_dir(&dir)?;
+            apply_resume_overrides(&mut cfg, &args)?;
+            cfg.out = dir.clone();
+            let latest = Checkpoints::new(dir.join("checkpoints")).latest()?.with_context(|| {
+                format!("--resume {}: no complete checkpoint to resume from", dir.display())
+            })?;
+            (cfg, Some(latest))
+        }
+        None => {
+            let file = match &args.config {
+                Some(path) => PretrainArgs::from_toml_file(path)?,
+                None => PretrainArgs::default(),
+            };
+            let merged = file.overridden_by(&args);
+            if merged.preset.is_none() {
+                eprintln!(
+                    "mae: no --preset: quick start ({} on {}); see `mae pretrain --help` for the paper's recipe",
+                    crate::settings::QUICKSTART_PRESET,
+                    merged.data.as_deref().unwrap_or("synthetic shapes")
+                );
+            }
+            (merged.resolve(|| PathBuf::from("runs").join(util::timestamp()))?, None)
+        }
+    };
+    train(cfg, resume_from)
+}
+
+fn train(cfg: Pretrain, resume_from: Option<PathBuf>) -> Result<()> {
+    let device = util::parse_device(&cfg.device)?;
+    let size = cfg.model.image_size[0];
+    if cfg.model.image_size[1] != size {
+        bail!("non-square training images are not supported by the data pipeline yet");
+    }
+    let spec: DataSpec = cfg.data.parse().context("--data")?;
+    let options =
+        OpenOptions { synthetic_size: size as u32, synthetic_seed: cfg.seed, ..OpenOptions::default() };
+    let dataset = mae_data::open(&spec, &options).with_context(|| format!("--data {}", cfg.data))?;
+    let loader_cfg =
+        LoaderConfig { seed: cfg.seed, workers: cfg.workers, ..LoaderConfig::train(cfg.batch_size) };
+    let loader = Loader::new(dataset.clone(), Arc::new(MaeTrainTransform::new(size)), loader_cfg)
+        .with_context(|| format!("--data {} with --batch-size {}", cfg.data, cfg.batch_size))?;
+
+    let steps_per_epoch = loader.batches_per_epoch() / cfg.accum;
+    if steps_per_epoch == 0 {
+        bail!(
+            "--data {} has {} images: fewer than one step of {} x {} (lower --batch-size or --accum)",
+            cfg.data,
+            dataset.len(),
+            cfg.batch_size,
+            cfg.accum
+        );
+    }
+    let total_steps = match (cfg.epochs, cfg.steps) {
+        (Some(e), _) => e * steps_per_epoch,
+        (None, Some(s)) => s,
+        (None, None) => steps_per_epoch,
+    };
+    let warmup_steps = match cfg.warmup_epochs {
+        Some(w) => (w * steps_per_epoch as f64).round() as usize,
+        None => total_steps / 20,
+    };
+    let effective_batch = cfg.batch_size * cfg.accum;
+    let schedule = LrSchedule {
+        peak_lr: LrSchedule::scaled_lr(cfg.base_lr, effective_batch),
+        min_lr: cfg.min_lr,
+        warmup_steps,
+        total_steps,
+    };
+
+    let model = MaskedAutoencoder::new(&cfg.model, cfg.seed, &device)?;
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("--out {}", cfg.out.display()))?;
+    if resume_from.is_none() {
+        std::fs::write(cfg.out.join("config.toml"), cfg.to_toml()?)
+            .with_context(|| format!("{}", cfg.out.join("config.toml").display()))?;
+    }
+    eprintln!(
+        "mae: {} ({:.1}M parameters) on {} ({}), {} steps of {} images ({} per epoch), peak lr {:.2e}, run folder {}",
+        cfg.preset,
+        model.num_parameters() as f64 / 1e6,
+        dataset.describe(),
+        cfg.device,
+        total_steps,
+        effective_batch,
+        steps_per_epoch,
+        schedule.peak_lr,
+        cfg.out.display()
+    );
+
+    let preview_indices: Vec<usize> = (0..dataset.len().min(PREVIEW_IMAGES)).collect();
+    let eval = mae_data::EvalTransform::new(size);
+    let preview = mae::pretrain::load_images(dataset.as_ref(), &eval, &preview_indices).ok();
+    let knn = if cfg.knn_every > 0 {
+        let (train_spec, test_spec) = knn_specs(&cfg)?;
+        Some(KnnMonitor {
+            train: mae_data::open(&train_spec, &options)
+                .with_context(|| format!("--knn-train {train_spec}"))?,
+            test: mae_data::open(&test_spec, &options).with_context(|| format!("--knn-test {test_spec}"))?,
+            every_epochs: cfg.knn_every,
+            k: 20,
+            temperature: 0.07,
+            pool: mae::Pool::Mean,
+        })
+    } else {
+        None
+    };
+    let mut hooks = PretrainHooks {
+        run_dir: cfg.out.clone(),
+        preview,
+        preview_seed: cfg.seed,
+        denormalize: mae::visualize::Denormalize::default(),
+        knn,
+        title: format!("{} on {}", cfg.preset, cfg.data),
+    };
+    let progress = match cfg.progress.as_str() {
+        "bar" => ProgressMode::Bar,
+        "lines" => ProgressMode::Lines,
+        "silent" => ProgressMode::Silent,
+        _ => ProgressMode::Auto,
+    };
+    let trainer_cfg = TrainerConfig {
+        run_dir: cfg.out.clone(),
+        total_steps,
+        accum: cfg.accum,
+        schedule,
+        adamw: AdamWConfig { weight_decay: cfg.weight_decay, ..AdamWConfig::default() },
+        clip_grad_norm: cfg.clip_grad,
+        max_nonfinite_in_a_row: cfg.max_nonfinite,
+        checkpoint_every: cfg.checkpoint_every,
+        keep_last: cfg.keep_last,
+        log_every: cfg.log_every,
+        seed: cfg.seed,
+        world_size: 1,
+        progress,
+        run_config: serde_json::to_value(&cfg)?,
+    };
+    let mut trainer = Trainer::new(MaeTask { model, seed: cfg.seed }, trainer_cfg)?;
+    if let Some(checkpoint) = &resume_from {
+        trainer.resume_from(checkpoint).with_context(|| format!("--resume {}", checkpoint.display()))?;
+        eprintln!("mae: resumed from {} (step {})", checkpoint.display(), trainer.state().step);
+    }
+    let summary = trainer.fit(&LoaderSource(&loader), &mut hooks)?;
+    hooks.finish(trainer.model()).context("final pictures")?;
+    eprintln!(
+        "mae: done, {} steps{}, last loss {}. In {}: checkpoints/, metrics.jsonl, loss.png, reconstruction.png",
+        summary.steps,
+        if summary.skipped_steps > 0 { format!(" ({} skipped as non-finite)", summary.skipped_steps) } else { String::new() },
+        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        cfg.out.display()
+    );
+    Ok(())
+}

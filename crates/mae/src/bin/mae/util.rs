@@ -1,0 +1,98 @@
+//! Small pieces the commands share: devices, weights resolution, logging, run folder names.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use mae::MaskedAutoencoder;
+
+/// `warn` and above by default; `RUST_LOG` overrides.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// candle runs element-wise ops on its own spinning thread pool next to gemm's rayon pool; on a
+/// small CPU the two fight over the cores (measured: 2.7x slower training steps on 2 cores, see
+/// docs/benchmarks.md). Unless the user chose, element-wise ops run on one thread and matmuls on
+/// all cores.
+pub fn default_cpu_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Safe: called first thing in main, before any other thread exists.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// `cpu`, `cuda`, `cuda:N` or `metal`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let (kind, index) = match spec.split_once(':') {
+        Some((k, i)) => (
+            k,
+            i.parse::<usize>().with_context(|| format!("--device {spec}: `{i}` is not a device number"))?,
+        ),
+        None => (spec, 0),
+    };
+    match kind {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(index).with_context(|| {
+            format!("--device {spec}: no CUDA device (a CUDA build is `cargo xtask build --cuda --bins`)")
+        }),
+        "metal" => Device::new_metal(index).with_context(|| {
+            format!("--device {spec}: no Metal device (a Metal build needs macOS and --features metal)")
+        }),
+        _ => bail!("--device {spec}: expected cpu, cuda, cuda:N or metal"),
+    }
+}
+
+/// Where the weights of `--weights PATH` are: a weights file, a Hugging Face directory, a
+/// checkpoint folder, or a run folder (its newest checkpoint).
+pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
+    if !path.exists() {
+        bail!("--weights {}: no such file or directory", path.display());
+    }
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.join("checkpoints").is_dir() {
+        let latest = mae_train::Checkpoints::new(path.join("checkpoints")).latest()?.with_context(|| {
+            format!("--weights {}: this run has no complete checkpoint yet", path.display())
+        })?;
+        return Ok(latest.join("model.safetensors"));
+    }
+    if path.join("model.safetensors").is_file() {
+        return Ok(if path.join("config.json").is_file() {
+            path.to_path_buf() // a Hugging Face directory: from_pretrained reads both files
+        } else {
+            path.join("model.safetensors")
+        });
+    }
+    bail!(
+        "--weights {}: expected a .safetensors file, a Hugging Face model folder (config.json + model.safetensors), \
+         a checkpoint folder or a run folder",
+        path.display()
+    )
+}
+
+pub fn load_model(weights: &Path, device: &Device) -> Result<MaskedAutoencoder> {
+    let resolved = resolve_weights(weights)?;
+    MaskedAutoencoder::from_pretrained(&resolved, device)
+        .with_context(|| format!("--weights {}", weights.display()))
+}
+
+/// `YYYYMMDD-HHMMSS` (UTC) for run folder names.
+pub fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
