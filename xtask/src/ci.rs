@@ -15,7 +15,9 @@ flags of the test binaries themselves add a second `--`.
 STEPS (stops at the first failure, naming the step, with a non-zero exit):
     1. fmt     cargo fmt --all -- --check
     2. clippy  cargo clippy --workspace --all-targets -- -D warnings
-    3. test    cargo test --workspace [<extra args>]
+    3. clippy-features  cargo clippy -p mae-data --all-targets --features hf -- -D warnings
+    4. test    cargo test --workspace [<extra args>]
+    5. test-features    cargo test -p mae-data --features hf
 
 OPTIONS:
     -h, --help    Print this help
@@ -41,9 +43,11 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     }
 
     let root = util::workspace_root();
-    let steps: [(&str, Vec<String>); 3] = [
+    let steps: Vec<(&str, Vec<String>)> = vec![
         ("fmt", svec(&["fmt", "--all", "--", "--check"])),
         ("clippy", svec(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])),
+        // Optional features that have tests of their own (not in the default build).
+        ("clippy-features", svec(&["clippy", "-p", "mae-data", "--all-targets", "--features", "hf", "--", "-D", "warnings"])),
         ("test", {
             let mut v = svec(&["test", "--workspace"]);
             // Everything after `--` goes to cargo test verbatim, so test-binary
@@ -51,6 +55,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
             v.extend(extra);
             v
         }),
+        ("test-features", svec(&["test", "-p", "mae-data", "--features", "hf"])),
     ];
 
     let total = steps.len();
