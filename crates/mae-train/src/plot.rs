@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -28,8 +29,8 @@ pub fn plot_loss(records: &[StepRecord], title: &str, path: &Path) -> Result<()>
     if points.is_empty() {
         return Ok(());
     }
-    // Smooth over about a tenth of the run, bias-corrected so the start does not lag.
-    let alpha = (10.0 / points.len() as f64).clamp(0.01, 0.5);
+    // Smooth over about a fiftieth of the run, bias-corrected so the start does not lag.
+    let alpha = (50.0 / points.len() as f64).clamp(0.02, 0.5);
     let mut ema = Vec::with_capacity(points.len());
     let (mut acc, mut weight) = (0.0, 0.0);
     for &(x, y) in &points {
@@ -43,37 +44,64 @@ pub fn plot_loss(records: &[StepRecord], title: &str, path: &Path) -> Result<()>
 
     let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max, (lo..hi).log_scale())
-        .map_err(|e| fail(e.to_string()))?;
+    // A log axis only when the loss spans a decade or more: plotters labels log axes at powers
+    // of ten, which would leave a shorter range without any label.
+    if hi / lo >= 10.0 {
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..x_max, (lo..hi).log_scale())
+            .map_err(|e| fail(e.to_string()))?;
+        draw(chart, points, ema).map_err(fail)?;
+    } else {
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..x_max, lo..hi)
+            .map_err(|e| fail(e.to_string()))?;
+        draw(chart, points, ema).map_err(fail)?;
+    }
+    root.present().map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+type Chart<'a, Y> =
+    ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
+
+/// Mesh, the two series and the legend.
+fn draw<Y>(mut chart: Chart<'_, Y>, points: Vec<(f64, f64)>, ema: Vec<(f64, f64)>) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     chart
         .configure_mesh()
         .x_desc("step")
         .y_desc("loss (masked-patch MSE)")
         .label_style(("sans-serif", 14))
         .draw()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
+    let light = RGBColor(170, 190, 230);
+    let dark = RGBColor(20, 60, 160);
     chart
-        .draw_series(LineSeries::new(points, RGBColor(170, 190, 230).stroke_width(1)))
-        .map_err(|e| fail(e.to_string()))?
+        .draw_series(LineSeries::new(points, light.stroke_width(1)))
+        .map_err(|e| e.to_string())?
         .label("per step")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(170, 190, 230)));
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light));
     chart
-        .draw_series(LineSeries::new(ema, RGBColor(20, 60, 160).stroke_width(2)))
-        .map_err(|e| fail(e.to_string()))?
+        .draw_series(LineSeries::new(ema, dark.stroke_width(2)))
+        .map_err(|e| e.to_string())?
         .label("moving average")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(20, 60, 160)));
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], dark));
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()
-        .map_err(|e| fail(e.to_string()))?;
-    root.present().map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     Ok(())
 }

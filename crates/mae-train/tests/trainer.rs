@@ -222,3 +222,25 @@ fn a_run_killed_mid_checkpoint_keeps_the_previous_one() {
     trainer.fit(&ToyData { batches: 4 }, &mut NoHooks).unwrap();
     assert!(!dir.path().join("checkpoints/.tmp-step-00000008").exists(), "leftovers are cleaned");
 }
+
+#[test]
+fn the_loss_plot_is_a_png_for_short_and_long_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, scale) in [("flat", 1.5f64), ("decades", 1000.0)] {
+        let records: Vec<StepRecord> = (1..=50)
+            .map(|s| StepRecord {
+                step: s,
+                epoch: 0,
+                loss: 1.0 + scale / s as f64,
+                lr: 1e-3,
+                grad_norm: 1.0,
+                images_per_s: 10.0,
+                elapsed_s: s as f64,
+            })
+            .collect();
+        let path = dir.path().join(format!("{name}.png"));
+        plot_loss(&records, name, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG", "{name}");
+    }
+}

@@ -207,13 +207,36 @@ pub fn extract_features(
             continue;
         }
         let f = model.encoder().features(&batch.images.to_device(model.device())?, pool)?;
-        features.push(f.to_device(&Device::Cpu)?);
+        // Detached: the output would otherwise keep the whole forward graph of the batch alive.
+        features.push(f.detach().to_device(&Device::Cpu)?);
         labels.extend(batch.labels.unwrap_or_default());
     }
     if features.is_empty() {
         return Err(MaeError::Config("no image could be loaded for features".into()));
     }
     Ok((Tensor::cat(&features, 0)?, labels))
+}
+
+/// Every sample of `dataset` through the eval transform, flattened: `[N, 3*size*size]`, labels.
+pub fn raw_pixels(dataset: Arc<dyn Dataset>, size: usize, workers: usize) -> Result<(Tensor, Vec<u32>)> {
+    let loader = Loader::new(
+        dataset,
+        Arc::new(EvalTransform::new(size)),
+        LoaderConfig { workers, ..LoaderConfig::eval(256) },
+    )
+    .map_err(|e| MaeError::Config(e.to_string()))?;
+    let (mut rows, mut labels) = (Vec::new(), Vec::new());
+    for batch in loader.iter_epoch(0).map_err(|e| MaeError::Config(e.to_string()))? {
+        let batch = batch.map_err(|e| MaeError::Config(e.to_string()))?;
+        if !batch.is_empty() {
+            rows.push(batch.images.flatten_from(1)?);
+            labels.extend(batch.labels.unwrap_or_default());
+        }
+    }
+    if rows.is_empty() {
+        return Err(MaeError::Config("no image could be loaded".into()));
+    }
+    Ok((Tensor::cat(&rows, 0)?, labels))
 }
 
 /// k-NN top-1 of the model's features on a monitor's splits.

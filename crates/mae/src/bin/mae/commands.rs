@@ -151,6 +151,10 @@ pub struct KnnArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Classify raw (eval-transformed) pixels instead of encoder features: the floor any
+    /// representation should clear. Uses the image size of --weights / --preset.
+    #[arg(long)]
+    pub raw_pixels: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -180,7 +184,14 @@ pub fn knn(args: KnnArgs) -> Result<()> {
         temperature: args.temperature,
         pool: parse_pool(&args.pool)?,
     };
-    let r = mae::pretrain::knn_accuracy(&model, &monitor)?;
+    let r = if args.raw_pixels {
+        let (train, train_labels) = mae::pretrain::raw_pixels(monitor.train.clone(), size, workers())?;
+        let (test, test_labels) = mae::pretrain::raw_pixels(monitor.test.clone(), size, workers())?;
+        let classes = monitor.train.class_names().len();
+        mae::knn_classify(&train, &train_labels, &test, &test_labels, classes, args.k, args.temperature)?
+    } else {
+        mae::pretrain::knn_accuracy(&model, &monitor)?
+    };
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -197,6 +208,9 @@ pub fn knn(args: KnnArgs) -> Result<()> {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  mae info --weights runs/20261128-190203\n  mae info --weights fixtures/hf_tiny_a\n  mae info --presets"
+)]
 pub struct InfoArgs {
     /// A run folder, checkpoint folder, .safetensors file or Hugging Face model folder.
     #[arg(long, required_unless_present = "presets")]
@@ -246,6 +260,10 @@ pub fn info(args: InfoArgs) -> Result<()> {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  mae bench\n  mae bench --preset lightly-vit-b32-224 --batch-size 16 --json\n  \
+                        CANDLE_NUM_THREADS=2 mae bench   # compare candle's element-wise thread pool"
+)]
 pub struct BenchArgs {
     #[arg(long, default_value = "mae-vit-tiny-patch4-32")]
     pub preset: String,
