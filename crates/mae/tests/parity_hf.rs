@@ -10,14 +10,7 @@ use common::*;
 use mae::MaskedAutoencoder;
 
 fn check_case(name: &str) {
-    let c = case(name);
-    let config = case_config(&c);
-    let device = device();
-    let b = c["batch"].as_u64().unwrap() as usize;
-    let fixture = load_fixture(name);
-    let weights = det_weights(&config).into_iter().map(|(k, v)| (k, v.to_device(&device).unwrap())).collect();
-    let model = MaskedAutoencoder::from_tensors(&config, weights, name, &device).unwrap();
-    let pixels = det_pixels(b, &config).to_device(&device).unwrap();
+    let LoadedCase { config, batch: b, fixture, model, pixels, .. } = load_case(name);
     let noise = det_noise(b, config.num_patches());
     let out = model.forward_with_noise(&pixels, &noise).unwrap();
 

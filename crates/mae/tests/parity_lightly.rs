@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use mae::{MaskPlan, MaskedAutoencoder};
+use mae::MaskPlan;
 
 /// lightly's indices are in token space (cls = 0); ours count patches from 0.
 fn patch_ids(t: &Tensor, skip_cls: bool) -> Vec<Vec<u32>> {
@@ -18,14 +18,7 @@ fn patch_ids(t: &Tensor, skip_cls: bool) -> Vec<Vec<u32>> {
 }
 
 fn check_case(name: &str) {
-    let c = case(name);
-    let config = case_config(&c);
-    let device = device();
-    let b = c["batch"].as_u64().unwrap() as usize;
-    let fixture = load_fixture(name);
-    let weights = det_weights(&config).into_iter().map(|(k, v)| (k, v.to_device(&device).unwrap())).collect();
-    let model = MaskedAutoencoder::from_tensors(&config, weights, name, &device).unwrap();
-    let pixels = det_pixels(b, &config).to_device(&device).unwrap();
+    let LoadedCase { config, device, batch: b, fixture, model, pixels } = load_case(name);
 
     let idx_keep = &fixture["idx_keep"];
     let kept = patch_ids(idx_keep, true);

@@ -157,3 +157,25 @@ pub fn strided_sample(grad: &Tensor) -> Tensor {
     let n = idx.len();
     flat.index_select(&Tensor::from_vec(idx, n, &Device::Cpu).unwrap(), 0).unwrap()
 }
+
+/// A fixture case ready to run: its det-weighted model on the test device, its pixels, its
+/// stored reference outputs.
+pub struct LoadedCase {
+    pub config: MaeConfig,
+    pub device: Device,
+    pub batch: usize,
+    pub fixture: HashMap<String, Tensor>,
+    pub model: mae::MaskedAutoencoder,
+    pub pixels: Tensor,
+}
+
+pub fn load_case(name: &str) -> LoadedCase {
+    let c = case(name);
+    let config = case_config(&c);
+    let device = device();
+    let batch = c["batch"].as_u64().unwrap() as usize;
+    let weights = det_weights(&config).into_iter().map(|(k, v)| (k, v.to_device(&device).unwrap())).collect();
+    let model = mae::MaskedAutoencoder::from_tensors(&config, weights, name, &device).unwrap();
+    let pixels = det_pixels(batch, &config).to_device(&device).unwrap();
+    LoadedCase { config, device, batch, fixture: load_fixture(name), model, pixels }
+}
