@@ -14,10 +14,25 @@ fn weight_decay_spares_biases_norms_and_1d_parameters_as_in_the_paper() {
     let model = MaskedAutoencoder::new(&config, 0, &Device::Cpu).unwrap();
     let optimizer = AdamW::new(model.named_vars(), AdamWConfig::default()).unwrap();
     let (decay, no_decay) = optimizer.groups();
-    for name in ["blocks.0.attn.qkv.weight", "patch_embed.proj.weight", "decoder_pred.weight", "cls_token", "mask_token"] {
-        assert!(decay.contains(&name), "{name} is decayed (timm's add_weight_decay: only 1-D and biases are not)");
+    for name in [
+        "blocks.0.attn.qkv.weight",
+        "patch_embed.proj.weight",
+        "decoder_pred.weight",
+        "cls_token",
+        "mask_token",
+    ] {
+        assert!(
+            decay.contains(&name),
+            "{name} is decayed (timm's add_weight_decay: only 1-D and biases are not)"
+        );
     }
-    for name in ["blocks.0.attn.qkv.bias", "blocks.0.norm1.weight", "norm.bias", "decoder_norm.weight", "decoder_embed.bias"] {
+    for name in [
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.norm1.weight",
+        "norm.bias",
+        "decoder_norm.weight",
+        "decoder_embed.bias",
+    ] {
         assert!(no_decay.contains(&name), "{name} is not decayed");
     }
     // The fixed sin-cos tables are not variables at all.
@@ -30,8 +45,23 @@ fn the_knn_monitor_writes_its_accuracy_to_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mae"))
         .args([
-            "pretrain", "--data", "synthetic:64", "--batch-size", "16", "--epochs", "1", "--knn-every", "1",
-            "--knn-train", "synthetic:80", "--knn-test", "synthetic:40@test", "--progress", "silent", "--out", "run",
+            "pretrain",
+            "--data",
+            "synthetic:64",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+            "--knn-every",
+            "1",
+            "--knn-train",
+            "synthetic:80",
+            "--knn-test",
+            "synthetic:40@test",
+            "--progress",
+            "silent",
+            "--out",
+            "run",
         ])
         .current_dir(dir.path())
         .output()
