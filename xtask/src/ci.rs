@@ -16,8 +16,13 @@ STEPS (stops at the first failure, naming the step, with a non-zero exit):
     1. fmt     cargo fmt --all -- --check
     2. clippy  cargo clippy --workspace --all-targets -- -D warnings
     3. clippy-features  cargo clippy -p mae-data --all-targets --features hf -- -D warnings
-    4. test    cargo test --workspace [<extra args>]
-    5. test-features    cargo test -p mae-data --features hf
+    4. clippy-mpi       cargo clippy -p mae-train -p mae --all-targets --features mpi -- -D warnings
+    5. test    cargo test --workspace [<extra args>]
+    6. test-features    cargo test -p mae-data --features hf
+    7. test-mpi         cargo test -p mae --features mpi --test distributed
+
+The `mpi` steps need an MPI library and libclang (Debian: apt-get install openmpi-bin
+libopenmpi-dev libclang-dev; .ci/run installs them), and test-mpi runs `mpirun -np 2`.
 
 OPTIONS:
     -h, --help    Print this help
@@ -47,7 +52,28 @@ pub fn main(argv: Vec<String>) -> Result<()> {
         ("fmt", svec(&["fmt", "--all", "--", "--check"])),
         ("clippy", svec(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])),
         // Optional features that have tests of their own (not in the default build).
-        ("clippy-features", svec(&["clippy", "-p", "mae-data", "--all-targets", "--features", "hf", "--", "-D", "warnings"])),
+        (
+            "clippy-features",
+            svec(&["clippy", "-p", "mae-data", "--all-targets", "--features", "hf", "--", "-D", "warnings"]),
+        ),
+        // Data parallel over MPI (docs/distributed.md): the MPI collective and the mae binary
+        // built with it.
+        (
+            "clippy-mpi",
+            svec(&[
+                "clippy",
+                "-p",
+                "mae-train",
+                "-p",
+                "mae",
+                "--all-targets",
+                "--features",
+                "mpi",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        ),
         ("test", {
             let mut v = svec(&["test", "--workspace"]);
             // Everything after `--` goes to cargo test verbatim, so test-binary
@@ -56,6 +82,9 @@ pub fn main(argv: Vec<String>) -> Result<()> {
             v
         }),
         ("test-features", svec(&["test", "-p", "mae-data", "--features", "hf"])),
+        // Two MPI ranks train like one process with the global batch; a failing rank stops the
+        // job and the run resumes (runs `mpirun -np 2`).
+        ("test-mpi", svec(&["test", "-p", "mae", "--features", "mpi", "--test", "distributed"])),
     ];
 
     let total = steps.len();
@@ -79,7 +108,7 @@ fn print_summary(timings: &[(&str, std::time::Duration)], failed: Option<&str>) 
     println!("\nci summary:");
     for (name, took) in timings {
         let status = if Some(*name) == failed { "FAILED" } else { "ok" };
-        println!("    {name:<8} {status:<7} {}", util::fmt_duration(*took));
+        println!("    {name:<16} {status:<7} {}", util::fmt_duration(*took));
     }
     match failed {
         Some(name) => println!("ci: FAILED at step `{name}`"),

@@ -26,7 +26,6 @@ STAGES (a summary with the time of each is printed at the end):
                     --features mae/cuda [<extra cargo test args>]
                 (LD_LIBRARY_PATH gets the toolkit's lib64/ and lib/ first)
     5. bench    cargo xtask bench --config all --device cuda --json
-                (skipped while the bench subcommand is not implemented)
 
 Stages 1-3 stop the check when they fail; a failing test stage still lets
 the bench stage run. The exit code is non-zero when any stage failed.

@@ -27,7 +27,7 @@ SUBCOMMANDS:
     fixtures    regenerate the numerical fixtures with Python (xtask/fixtures/make_fixtures.py)
     build       build the workspace with a GPU backend: --cuda (nvcc; --fetch-nvcc) or --metal
     gpu-check   one-shot check on an NVIDIA GPU machine: release CUDA build, tests, benchmarks
-    bench       benchmarks (not implemented yet)
+    bench       time training steps (ours, optionally vs PyTorch), peak memory, loader throughput
     help        print this help, or a subcommand's: cargo xtask help <SUBCOMMAND>
 
 Run `cargo xtask <SUBCOMMAND> --help` for a subcommand's options.

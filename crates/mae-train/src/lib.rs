@@ -5,9 +5,12 @@
 //!   state; [`LrSchedule`]: `base_lr * batch / 256`, linear warm-up, half-cycle cosine;
 //! - gradient accumulation, optional clipping, a guard against non-finite steps;
 //! - atomic checkpoints with an exact resume ([`Checkpoints`]); `metrics.jsonl`, a loss plot,
-//!   a progress bar or log lines.
+//!   a progress bar or log lines;
+//! - data-parallel training over a [`Collective`] (MPI with the `mpi` feature): bucketed gradient
+//!   all-reduce, parameters broadcast from rank 0, rank 0 writes everything.
 
 mod checkpoint;
+pub mod collective;
 mod error;
 mod metrics;
 mod optim;
@@ -19,6 +22,7 @@ mod trainer;
 pub use checkpoint::{
     load_vars, read_state, read_tensors, write_tensors, Checkpoints, TrainState, FAULT_ENV,
 };
+pub use collective::{Collective, SingleProcess};
 pub use error::{Result, TrainError};
 pub use metrics::{read_steps, MetricsLog, StepRecord};
 pub use optim::{decays, AdamW, AdamWConfig};

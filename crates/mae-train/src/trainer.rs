@@ -2,13 +2,22 @@
 //! ([`BatchSource`]). One optimizer step = `accum` micro-batches; gradients are averaged over them
 //! (and, with a collective, over processes), checked for non-finite values, optionally clipped,
 //! then AdamW steps with the scheduled learning rate.
+//!
+//! Data parallel ([`Trainer::with_collective`]): every rank computes the gradients of its own
+//! shard of each global batch; the gradients are summed over the ranks in a few flat buckets (in
+//! the fixed order of `named_vars`) and divided by the number of ranks, the loss is averaged the
+//! same way, so every rank takes the same step. The parameters are broadcast from rank 0 when
+//! `fit` starts (also after a resume). Rank 0 alone writes metrics, checkpoints and calls the
+//! hooks; the ranks meet at a barrier before and after each checkpoint.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 
-use crate::checkpoint::{self, Checkpoints, TrainState, STATE_VERSION};
+use crate::checkpoint::{self, Checkpoints, TrainState, FAULT_ENV, STATE_VERSION};
+use crate::collective::{self, Collective, SingleProcess, DEFAULT_BUCKET_BYTES};
 use crate::error::{Result, TrainError};
 use crate::metrics::{MetricsLog, StepRecord};
 use crate::optim::{AdamW, AdamWConfig};
@@ -97,6 +106,19 @@ pub struct Trainer<M: Trainable> {
     state: TrainState,
     checkpoints: Checkpoints,
     best_loss: f64,
+    world: Arc<dyn Collective>,
+    bucket_bytes: usize,
+}
+
+/// `fail-rank:R:step:S` in [`FAULT_ENV`]: rank R returns an error in step S (1-based, as logged),
+/// after its backward pass and before the gradients are reduced, i.e. while the other ranks wait
+/// for it in the all-reduce.
+fn injected_failure(rank: usize, step: usize) -> Option<String> {
+    let spec = std::env::var(FAULT_ENV).ok()?;
+    let rest = spec.strip_prefix("fail-rank:")?;
+    let (r, s) = rest.split_once(":step:")?;
+    let (r, s) = (r.parse::<usize>().ok()?, s.parse::<usize>().ok()?);
+    (r == rank && s == step).then(|| format!("rank {rank} fails in step {step} ({FAULT_ENV}={spec})"))
 }
 
 impl<M: Trainable> Trainer<M> {
@@ -118,7 +140,41 @@ impl<M: Trainable> Trainer<M> {
             run_config: config.run_config.clone(),
         };
         let checkpoints = Checkpoints::new(config.run_dir.join("checkpoints"));
-        Ok(Self { model, vars, optimizer, config, state, checkpoints, best_loss: f64::INFINITY })
+        Ok(Self {
+            model,
+            vars,
+            optimizer,
+            config,
+            state,
+            checkpoints,
+            best_loss: f64::INFINITY,
+            world: Arc::new(SingleProcess),
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+        })
+    }
+
+    /// Trains data-parallel with `world`: its world size must be the configuration's
+    /// `world_size`, and every rank must build the same model and call the same methods.
+    pub fn with_collective(mut self, world: Arc<dyn Collective>) -> Result<Self> {
+        if world.world_size() != self.config.world_size {
+            return Err(TrainError::Config(format!(
+                "the trainer is configured for {} process(es), the collective has {}",
+                self.config.world_size,
+                world.world_size()
+            )));
+        }
+        self.world = world;
+        Ok(self)
+    }
+
+    /// Size of the flat buffers gradients are all-reduced in (default 25 MiB).
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Self {
+        self.bucket_bytes = bytes.max(1);
+        self
+    }
+
+    pub fn collective(&self) -> &dyn Collective {
+        self.world.as_ref()
     }
 
     pub fn model(&self) -> &M {
@@ -158,6 +214,79 @@ impl<M: Trainable> Trainer<M> {
         Ok(())
     }
 
+    /// Start of a data-parallel `fit`: every rank must stand at rank 0's position (same
+    /// checkpoint), then takes rank 0's parameters.
+    fn sync_start(&mut self) -> Result<()> {
+        let world = self.world.clone();
+        let here = format!("{}:{}:{}", self.state.step, self.state.epoch, self.state.batch_in_epoch);
+        let main = collective::broadcast_string(world.as_ref(), &here, 0)?;
+        if main != here {
+            return Err(TrainError::Config(format!(
+                "rank {} starts at step:epoch:batch {here}, rank 0 at {main}: every rank must resume from \
+                 the same checkpoint (put the run folder on a file system all nodes share)",
+                world.rank()
+            )));
+        }
+        self.broadcast_parameters()
+    }
+
+    fn broadcast_parameters(&mut self) -> Result<()> {
+        let tensors: Vec<Tensor> = self.vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+        let synced = collective::broadcast_tensors(self.world.as_ref(), &tensors, 0, self.bucket_bytes)?;
+        for ((_, var), value) in self.vars.iter().zip(synced) {
+            // A copy: on rank 0 the broadcast may hand back a view of the variable itself.
+            var.set(&value.copy()?)?;
+        }
+        Ok(())
+    }
+
+    /// Compares a fingerprint of every rank's parameters with rank 0's. They cannot differ if
+    /// the all-reduce gives every rank the same sums (as MPI implementations do); if they ever
+    /// do, the drift is reported and repaired from rank 0.
+    fn check_in_sync(&mut self) -> Result<()> {
+        let tensors: Vec<Tensor> = self.vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+        let mine = collective::fingerprint(&tensors)?.to_string();
+        let main = collective::broadcast_string(self.world.as_ref(), &mine, 0)?;
+        let mut drifted = [f64::from(u8::from(main != mine))];
+        self.world.all_reduce_sum_host(&mut drifted)?;
+        if drifted[0] > 0.0 {
+            if self.world.is_main() {
+                tracing::warn!(
+                    step = self.state.step,
+                    "the parameters of {} rank(s) drifted from rank 0's; re-synchronised from rank 0",
+                    drifted[0]
+                );
+                eprintln!(
+                    "warning: step {}: the parameters of {} rank(s) drifted from rank 0's; re-synchronised from rank 0",
+                    self.state.step, drifted[0]
+                );
+            }
+            self.broadcast_parameters()?;
+        }
+        Ok(())
+    }
+
+    /// A checkpoint of a (possibly data-parallel) run: rank 0 saves; the ranks check they agree
+    /// and meet before and after, so no rank runs ahead while it is written.
+    fn checkpoint(&mut self, recent_loss: Option<f64>, hooks: &mut dyn Hooks<M>) -> Result<Option<PathBuf>> {
+        let distributed = self.world.world_size() > 1;
+        if distributed {
+            self.check_in_sync()?;
+            self.world.barrier()?;
+        }
+        let dir = if self.world.is_main() {
+            let dir = self.save_checkpoint(recent_loss)?;
+            hooks.on_checkpoint(&self.config.run_dir)?;
+            Some(dir)
+        } else {
+            None
+        };
+        if distributed {
+            self.world.barrier()?;
+        }
+        Ok(dir)
+    }
+
     fn save_checkpoint(&mut self, recent_loss: Option<f64>) -> Result<PathBuf> {
         self.state.recent_loss = recent_loss;
         let model = &self.model;
@@ -178,8 +307,14 @@ impl<M: Trainable> Trainer<M> {
         hooks: &mut dyn Hooks<M>,
     ) -> Result<TrainSummary> {
         let cfg = self.config.clone();
-        std::fs::create_dir_all(&cfg.run_dir).map_err(|e| TrainError::io(&cfg.run_dir, e))?;
-        let mut metrics = MetricsLog::open(cfg.run_dir.join("metrics.jsonl"))?;
+        let world = self.world.clone();
+        let (is_main, distributed) = (world.is_main(), world.world_size() > 1);
+        let mut metrics = if is_main {
+            std::fs::create_dir_all(&cfg.run_dir).map_err(|e| TrainError::io(&cfg.run_dir, e))?;
+            Some(MetricsLog::open(cfg.run_dir.join("metrics.jsonl"))?)
+        } else {
+            None
+        };
         let steps_per_epoch = source.batches_per_epoch() / cfg.accum;
         if steps_per_epoch == 0 {
             return Err(TrainError::Config(format!(
@@ -189,7 +324,11 @@ impl<M: Trainable> Trainer<M> {
             )));
         }
         let batches_used = steps_per_epoch * cfg.accum;
-        let progress = Progress::new(cfg.progress, cfg.total_steps, self.state.step);
+        if distributed {
+            self.sync_start()?;
+        }
+        let mode = if is_main { cfg.progress } else { ProgressMode::Silent };
+        let progress = Progress::new(mode, cfg.total_steps, self.state.step);
         let start = Instant::now();
         let start_step = self.state.step;
         let mut window = (Instant::now(), 0usize); // images since the last log line
@@ -232,6 +371,37 @@ impl<M: Trainable> Trainer<M> {
                         }
                     });
                 }
+                if let Some(message) = injected_failure(world.rank(), self.state.step + 1) {
+                    return Err(TrainError::Model(message));
+                }
+                if distributed {
+                    // Sum over ranks: [loss, ranks that loaded something, images]; then the
+                    // gradients, averaged over the ranks that contributed.
+                    let loaded = grads.is_some();
+                    let mut sums =
+                        [if loaded { step_loss } else { 0.0 }, f64::from(u8::from(loaded)), images as f64];
+                    world.all_reduce_sum_host(&mut sums)?;
+                    images = sums[2] as usize;
+                    if sums[1] > 0.0 {
+                        step_loss = sums[0] / sums[1];
+                        let local = match grads {
+                            Some(g) => g,
+                            None => self
+                                .vars
+                                .iter()
+                                .map(|(_, v)| v.zeros_like())
+                                .collect::<candle_core::Result<_>>()?,
+                        };
+                        grads = Some(collective::all_reduce_mean(
+                            world.as_ref(),
+                            &local,
+                            1.0 / sums[1],
+                            self.bucket_bytes,
+                        )?);
+                    } else {
+                        (step_loss, grads) = (0.0, None);
+                    }
+                }
                 let (grad_norm, mut grads) = match grads {
                     Some(g) => (global_norm(&g)?, g),
                     None => (f64::NAN, Vec::new()), // nothing loaded: a non-finite step
@@ -244,7 +414,9 @@ impl<M: Trainable> Trainer<M> {
                     progress.println(&format!(
                         "warning: step {step}: non-finite loss ({step_loss}) or gradient norm ({grad_norm}); update skipped"
                     ));
-                    tracing::warn!(step, step_loss, grad_norm, "non-finite step skipped");
+                    if is_main {
+                        tracing::warn!(step, step_loss, grad_norm, "non-finite step skipped");
+                    }
                     if nonfinite >= cfg.max_nonfinite_in_a_row {
                         return Err(TrainError::NonFinite { count: nonfinite, step });
                     }
@@ -276,7 +448,9 @@ impl<M: Trainable> Trainer<M> {
                     elapsed_s: elapsed,
                 };
                 progress.step(&record, eta, log);
-                metrics.write(&record)?;
+                if let Some(metrics) = metrics.as_mut() {
+                    metrics.write(&record)?;
+                }
                 if log {
                     window = (Instant::now(), 0);
                 }
@@ -284,9 +458,8 @@ impl<M: Trainable> Trainer<M> {
                     && done.is_multiple_of(cfg.checkpoint_every)
                     && done < cfg.total_steps
                 {
-                    self.save_checkpoint(mean(loss_sum))?;
+                    self.checkpoint(mean(loss_sum), hooks)?;
                     loss_sum = (0.0, 0);
-                    hooks.on_checkpoint(&cfg.run_dir)?;
                 }
             }
             drop(batches);
@@ -295,11 +468,14 @@ impl<M: Trainable> Trainer<M> {
                 self.state.epoch += 1;
                 self.state.batch_in_epoch = 0;
                 epochs_completed += 1;
-                for (name, value) in hooks.on_epoch_end(&self.model, epoch, self.state.step)? {
-                    progress.println(&format!("epoch {epoch}: {name} = {value:.4}"));
-                    metrics.write(
-                        &serde_json::json!({ "step": self.state.step, "epoch": epoch, name: value }),
-                    )?;
+                // Hooks (pictures, evaluations) and metrics: rank 0 only.
+                if let Some(metrics) = metrics.as_mut().filter(|_| is_main) {
+                    for (name, value) in hooks.on_epoch_end(&self.model, epoch, self.state.step)? {
+                        progress.println(&format!("epoch {epoch}: {name} = {value:.4}"));
+                        metrics.write(
+                            &serde_json::json!({ "step": self.state.step, "epoch": epoch, name: value }),
+                        )?;
+                    }
                 }
             } else if self.state.step < cfg.total_steps {
                 return Err(TrainError::Model(format!(
@@ -308,8 +484,7 @@ impl<M: Trainable> Trainer<M> {
                 )));
             }
         }
-        let last_checkpoint = Some(self.save_checkpoint(mean(loss_sum))?);
-        hooks.on_checkpoint(&cfg.run_dir)?;
+        let last_checkpoint = self.checkpoint(mean(loss_sum), hooks)?;
         progress.finish();
         Ok(TrainSummary {
             steps: self.state.step,

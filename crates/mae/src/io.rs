@@ -1,5 +1,6 @@
 //! Reading and writing weights: our own safetensors files (our naming + the config in the
-//! header) and Hugging Face model directories (`config.json` + `model.safetensors`).
+//! header), and `from_pretrained` over every format [`crate::formats`] reads (Hugging Face,
+//! timm, the paper's checkpoints, hub ids).
 
 use std::collections::HashMap;
 use std::fs;
@@ -9,10 +10,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
-use crate::config::{MaeConfig, StackShape};
+use crate::config::MaeConfig;
 use crate::error::{MaeError, Result};
+use crate::formats::Checkpoint;
+use crate::hub::Hub;
 use crate::model::MaskedAutoencoder;
-use crate::naming::{self, Naming};
 
 /// safetensors header key holding our JSON [`MaeConfig`]; its presence marks our files. It is
 /// the only key: safetensors writes header metadata in hash order, and one key keeps saved files
@@ -106,47 +108,38 @@ impl MaskedAutoencoder {
         Self::from_tensors(&config, file.tensors, &source, device)
     }
 
-    /// Loads a local Hugging Face model directory (`config.json` + `model.safetensors` of a
-    /// `ViTMAEForPreTraining`, either decoder naming), or a file or directory of ours.
-    pub fn from_pretrained(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        if !path.exists() {
-            return Err(MaeError::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-            ));
-        }
-        let (weights_path, config_path) = if path.is_dir() {
-            (path.join("model.safetensors"), Some(path.join("config.json")))
-        } else {
-            (path.to_path_buf(), path.parent().map(|d| d.join("config.json")))
-        };
-        let file = WeightsFile::read(&weights_path, device)?;
-        let source = weights_path.display().to_string();
-        if let Some(config) = file.mae_config()? {
-            return Self::from_tensors(&config, file.tensors, &source, device);
-        }
-        let config_path = config_path.filter(|p| p.is_file()).ok_or_else(|| MaeError::Format {
-            path: weights_path.clone(),
-            what: "model",
-            message: "it carries no config and there is no config.json beside it".into(),
-        })?;
-        let config = config_from_hf_json(&config_path)?;
-        let tensors = match Naming::detect(file.tensors.keys()) {
-            Naming::Ours => file.tensors,
-            Naming::HuggingFace => {
-                let (tensors, unknown) = naming::from_hf(file.tensors, &source)?;
-                if !unknown.is_empty() {
-                    tracing::warn!(
-                        "{source}: ignoring {} tensors with unknown names: {}",
-                        unknown.len(),
-                        unknown.join(", ")
-                    );
-                }
-                tensors
-            }
-        };
-        Self::from_tensors(&config, tensors, &source, device)
+    /// Loads pre-trained weights: a hub id (`facebook/vit-mae-base`, `OWNER/NAME@REVISION`),
+    /// a local model directory (`config.json` + `model.safetensors` / `pytorch_model.bin` of a
+    /// Hugging Face `ViTMAEForPreTraining`), a file or directory of ours, or a paper checkpoint
+    /// (`mae_visualize_vit_base.pth`). Hub files come from the local hub cache, downloaded when
+    /// missing unless `HF_HUB_OFFLINE` is set (see [`Hub::from_env`]). Weights without a decoder
+    /// are an error that says so; [`crate::Encoder::from_pretrained`] reads those.
+    pub fn from_pretrained(id_or_path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::from_pretrained_with(id_or_path, &Hub::from_env(), device)
+    }
+
+    /// [`MaskedAutoencoder::from_pretrained`] with hub ids resolved through `hub`.
+    pub fn from_pretrained_with(id_or_path: impl AsRef<Path>, hub: &Hub, device: &Device) -> Result<Self> {
+        Self::from_checkpoint(Checkpoint::open(id_or_path, hub, device)?, device)
+    }
+
+    /// A model over a checkpoint read by [`Checkpoint`], with its config (or the one read from
+    /// its shapes).
+    pub fn from_checkpoint(checkpoint: Checkpoint, device: &Device) -> Result<Self> {
+        let config = checkpoint.mae_config()?;
+        Self::from_checkpoint_with_config(checkpoint, &config, device)
+    }
+
+    /// A model over a checkpoint with a config of the caller's (for weights whose shape the
+    /// file does not tell, e.g. a paper-style `.pth` of an unusual width). Errors name the
+    /// tensor, in our naming and the file's.
+    pub fn from_checkpoint_with_config(
+        mut checkpoint: Checkpoint,
+        config: &MaeConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let tensors = std::mem::take(&mut checkpoint.tensors);
+        Self::from_tensors(config, tensors, &checkpoint.source, device).map_err(|e| checkpoint.explain(e))
     }
 }
 
@@ -154,67 +147,10 @@ impl MaskedAutoencoder {
 /// fields.
 pub fn config_from_hf_json(path: &Path) -> Result<MaeConfig> {
     let text = fs::read_to_string(path).map_err(|e| MaeError::io(path, e))?;
-    let bad = |message: String| MaeError::Format {
+    let json: Value = serde_json::from_str(&text).map_err(|e| MaeError::Format {
         path: path.to_path_buf(),
         what: "Hugging Face config.json",
-        message,
-    };
-    let json: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let int = |key: &str, default: usize| -> Result<usize> {
-        match json.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_u64()
-                .map(|v| v as usize)
-                .ok_or_else(|| bad(format!("`{key}` must be a positive integer, got {v}"))),
-        }
-    };
-    let float = |key: &str, default: f64| -> Result<f64> {
-        match json.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| bad(format!("`{key}` must be a number, got {v}"))),
-        }
-    };
-    if let Some(act) = json.get("hidden_act").and_then(Value::as_str) {
-        if act != "gelu" {
-            return Err(bad(format!("hidden_act `{act}` is not supported (only exact `gelu`)")));
-        }
-    }
-    let image_size = match json.get("image_size") {
-        Some(Value::Array(a)) if a.len() == 2 => {
-            let side = |v: &Value| {
-                v.as_u64().map(|v| v as usize).ok_or_else(|| bad("`image_size` must hold integers".into()))
-            };
-            [side(&a[0])?, side(&a[1])?]
-        }
-        _ => {
-            let s = int("image_size", 224)?;
-            [s, s]
-        }
-    };
-    let config = MaeConfig {
-        image_size,
-        patch_size: int("patch_size", 16)?,
-        in_channels: int("num_channels", 3)?,
-        encoder: StackShape {
-            dim: int("hidden_size", 768)?,
-            depth: int("num_hidden_layers", 12)?,
-            num_heads: int("num_attention_heads", 12)?,
-            mlp_dim: int("intermediate_size", 3072)?,
-        },
-        decoder: StackShape {
-            dim: int("decoder_hidden_size", 512)?,
-            depth: int("decoder_num_hidden_layers", 8)?,
-            num_heads: int("decoder_num_attention_heads", 16)?,
-            mlp_dim: int("decoder_intermediate_size", 2048)?,
-        },
-        mask_ratio: float("mask_ratio", 0.75)?,
-        norm_pix_loss: json.get("norm_pix_loss").and_then(Value::as_bool).unwrap_or(false),
-        layer_norm_eps: float("layer_norm_eps", 1e-12)?,
-        qkv_bias: json.get("qkv_bias").and_then(Value::as_bool).unwrap_or(true),
-        pos_embed: mae_vit::PosEmbed::Sincos,
-        decoder_pos_embed: mae_vit::PosEmbed::Sincos,
-    };
-    config.validate().map_err(|e| bad(e.to_string()))?;
-    Ok(config)
+        message: e.to_string(),
+    })?;
+    crate::formats::hf_vitmae_config(&json, path)
 }

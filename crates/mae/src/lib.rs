@@ -13,7 +13,11 @@
 //! ```
 
 mod config;
+mod encoder;
 mod error;
+pub mod export;
+pub mod formats;
+pub mod hub;
 pub mod init;
 mod io;
 mod knn;
@@ -23,11 +27,15 @@ pub mod pretrain;
 pub mod visualize;
 
 pub use config::{MaeConfig, StackShape, PRESETS};
+pub use encoder::{load_encoder, Encoder};
 pub use error::{MaeError, Result};
+pub use export::ExportFormat;
+pub use formats::{Checkpoint, Format};
+pub use hub::{Hub, RepoId};
 pub use io::{config_from_hf_json, write_atomically, WeightsFile};
 pub use knn::{knn_classify, KnnResult};
 pub use mae_patch::MaskPlan;
-pub use mae_vit::{Pool, PosEmbed};
+pub use mae_vit::{Pool, PosEmbed, VisionTransformer, VitConfig};
 pub use model::{MaeOutput, MaskedAutoencoder};
 
 /// The crates this one composes, for users who build their own models from the pieces.

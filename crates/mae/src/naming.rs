@@ -64,47 +64,68 @@ const QKV: [&str; 3] = ["query", "key", "value"];
 /// Renames Hugging Face weights to ours, joining query/key/value into one `qkv`.
 /// `source` names the file for error messages. Unknown names are returned separately.
 pub fn from_hf(
-    mut tensors: HashMap<String, Tensor>,
+    tensors: HashMap<String, Tensor>,
     source: &str,
 ) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
+    let converted = convert_from_hf(tensors, source)?;
+    Ok((converted.tensors, converted.unknown))
+}
+
+/// Weights renamed to ours, with what the file called them.
+#[derive(Debug, Default)]
+pub struct Converted {
+    /// In our naming.
+    pub tensors: HashMap<String, Tensor>,
+    /// Names that have no counterpart of ours, sorted (in the file's naming).
+    pub unknown: Vec<String>,
+    /// Our name -> the file's name(s), where they differ (for error messages).
+    pub file_names: HashMap<String, String>,
+}
+
+/// [`from_hf`], also recording the file's name of every converted tensor.
+pub fn convert_from_hf(tensors: HashMap<String, Tensor>, source: &str) -> Result<Converted> {
     // An encoder-only ViTModel has no `vit.` prefix.
-    if !tensors.keys().any(|k| k.starts_with("vit.")) {
-        tensors = tensors.into_iter().map(|(k, v)| (format!("vit.{k}"), v)).collect();
-    }
-    let mut out = HashMap::new();
-    let mut unknown = Vec::new();
-    let mut qkv_parts: HashMap<(String, String), [Option<Tensor>; 3]> = HashMap::new();
-    for (name, tensor) in tensors {
+    let prefixed = tensors.keys().any(|k| k.starts_with("vit."));
+    let mut out = Converted::default();
+    // (our qkv prefix, leaf) -> (file name, tensor) of query, key, value.
+    type Parts = [Option<(String, Tensor)>; 3];
+    let mut qkv_parts: HashMap<(String, String), Parts> = HashMap::new();
+    for (original, tensor) in tensors {
+        let name = if prefixed { original.clone() } else { format!("vit.{original}") };
         if let Some((ours_prefix, index, rest)) = split_layer(&name) {
             if let Some(part) = rest.strip_prefix("attention.attention.") {
                 if let Some((which, leaf)) = part.split_once('.') {
                     if let Some(slot) = QKV.iter().position(|q| *q == which) {
                         let key = (format!("{ours_prefix}{index}.attn.qkv"), leaf.to_string());
-                        qkv_parts.entry(key).or_default()[slot] = Some(tensor);
+                        qkv_parts.entry(key).or_default()[slot] = Some((original, tensor));
                         continue;
                     }
                 }
             }
             match LAYER_PARTS.iter().find_map(|(o, h)| rest.strip_prefix(h).map(|leaf| (o, leaf))) {
                 Some((ours, leaf)) => {
-                    out.insert(format!("{ours_prefix}{index}.{ours}{leaf}"), tensor);
+                    let ours = format!("{ours_prefix}{index}.{ours}{leaf}");
+                    out.file_names.insert(ours.clone(), original);
+                    out.tensors.insert(ours, tensor);
                 }
-                None => unknown.push(name),
+                None => out.unknown.push(original),
             }
             continue;
         }
         match GLOBAL_PARTS.iter().find_map(|(o, h)| name.strip_prefix(h).map(|leaf| (o, leaf))) {
             Some((ours, leaf)) if leaf.is_empty() || leaf.starts_with('.') => {
-                out.insert(format!("{ours}{leaf}"), tensor);
+                let ours = format!("{ours}{leaf}");
+                out.file_names.insert(ours.clone(), original);
+                out.tensors.insert(ours, tensor);
             }
-            _ => unknown.push(name),
+            _ => out.unknown.push(original),
         }
     }
     for ((prefix, leaf), parts) in qkv_parts {
         let mut found = Vec::with_capacity(3);
         for (part, which) in parts.iter().zip(QKV) {
             match part {
-                Some(t) => found.push(t.clone()),
+                Some(p) => found.push(p),
                 None => {
                     return Err(MaeError::Weights {
                         origin: source.to_string(),
@@ -113,10 +134,96 @@ pub fn from_hf(
                 }
             }
         }
-        out.insert(format!("{prefix}.{leaf}"), Tensor::cat(&found, 0)?);
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        if found.iter().any(|(_, t)| t.dims() != found[0].1.dims()) {
+            let shapes: Vec<String> = found.iter().map(|(n, t)| format!("`{n}` {:?}", t.dims())).collect();
+            return Err(MaeError::Weights {
+                origin: source.to_string(),
+                message: format!("query, key and value differ in shape: {}", shapes.join(", ")),
+            });
+        }
+        let tensors: Vec<&Tensor> = found.iter().map(|(_, t)| t).collect();
+        let ours = format!("{prefix}.{leaf}");
+        out.file_names.insert(ours.clone(), names.join(" + "));
+        out.tensors.insert(ours, Tensor::cat(&tensors, 0)?);
     }
-    unknown.sort();
-    Ok((out, unknown))
+    out.unknown.sort();
+    Ok(out)
+}
+
+/// Whether `name` is one of our (timm encoder / official decoder) parameter names, by pattern.
+pub fn is_ours(name: &str) -> bool {
+    const GLOBAL: [&str; 9] = [
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.",
+        "norm.",
+        "mask_token",
+        "decoder_embed.",
+        "decoder_pos_embed",
+        "decoder_norm.",
+        "decoder_pred.",
+    ];
+    if let Some(rest) = name.strip_prefix("blocks.").or_else(|| name.strip_prefix("decoder_blocks.")) {
+        let Some((index, rest)) = rest.split_once('.') else { return false };
+        return index.parse::<usize>().is_ok()
+            && ["norm1.", "attn.qkv.", "attn.proj.", "norm2.", "mlp.fc1.", "mlp.fc2."]
+                .iter()
+                .any(|p| rest.starts_with(p));
+    }
+    GLOBAL.iter().any(|g| if g.ends_with('.') { name.starts_with(g) } else { name == *g })
+}
+
+/// What a name that is not ours means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrecognised {
+    /// A task head or pooler that MAE does not use (`head.*`, `pooler.*`, `classifier.*`).
+    Head,
+    /// A part of a ViT variant that changes the computation and that mae does not implement; the
+    /// text says which.
+    Unsupported(&'static str),
+    /// Anything else.
+    Unknown,
+}
+
+/// Sorts a name that is neither ours nor Hugging Face's known ones (file naming).
+pub fn classify_unrecognised(name: &str) -> Unrecognised {
+    let bare = name.strip_prefix("vit.").unwrap_or(name);
+    if ["head.", "head_dist.", "pooler.", "classifier.", "fc_norm_head."].iter().any(|p| bare.starts_with(p))
+    {
+        return Unrecognised::Head;
+    }
+    const UNSUPPORTED: [(&str, &str); 9] = [
+        (".ls1.", "layer scale (timm `init_values`)"),
+        (".ls2.", "layer scale (timm `init_values`)"),
+        ("norm_pre.", "a norm before the blocks (timm `pre_norm`, CLIP-style)"),
+        ("reg_token", "register tokens"),
+        ("dist_token", "a distillation token (DeiT)"),
+        (".q_norm.", "query/key normalisation (timm `qk_norm`)"),
+        (".k_norm.", "query/key normalisation (timm `qk_norm`)"),
+        ("fc_norm.", "a norm after average pooling instead of the final norm (timm `fc_norm`)"),
+        ("attn_pool.", "an attention-pooling head"),
+    ];
+    let dotted = format!(".{bare}");
+    UNSUPPORTED
+        .iter()
+        .find(|(pattern, _)| dotted.contains(pattern))
+        .map_or(Unrecognised::Unknown, |(_, what)| Unrecognised::Unsupported(what))
+}
+
+/// The encoder's weights of ours in timm's `VisionTransformer` naming (the same names: this
+/// selects them, position table included).
+pub fn to_timm(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    tensors
+        .iter()
+        .filter(|(name, _)| is_ours(name) && !is_decoder(name))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether one of our names belongs to the MAE decoder.
+pub fn is_decoder(name: &str) -> bool {
+    name.starts_with("decoder_") || name == "mask_token"
 }
 
 /// `vit.encoder.layer.3.attention...` -> (`blocks.`, `3`, `attention...`).
@@ -224,6 +331,44 @@ mod tests {
         let (ours, unknown) = from_hf(hf, "x").unwrap();
         assert!(ours.contains_key("decoder_blocks.1.norm1.weight"));
         assert_eq!(unknown, vec!["vit.embeddings.foo".to_string()]);
+    }
+
+    #[test]
+    fn sorts_names_that_are_not_ours() {
+        for name in ["blocks.3.attn.qkv.bias", "decoder_blocks.0.mlp.fc2.weight", "pos_embed", "norm.weight"]
+        {
+            assert!(is_ours(name), "{name}");
+        }
+        for name in ["blocks.x.norm1.weight", "head.weight", "norm", "pos_embed_extra", "blocks.0.ls1.gamma"]
+        {
+            assert!(!is_ours(name), "{name}");
+        }
+        assert_eq!(classify_unrecognised("head.weight"), Unrecognised::Head);
+        assert_eq!(classify_unrecognised("pooler.dense.bias"), Unrecognised::Head);
+        assert!(matches!(classify_unrecognised("blocks.0.ls1.gamma"), Unrecognised::Unsupported(_)));
+        assert!(matches!(classify_unrecognised("norm_pre.weight"), Unrecognised::Unsupported(_)));
+        assert!(matches!(classify_unrecognised("fc_norm.weight"), Unrecognised::Unsupported(_)));
+        assert_eq!(classify_unrecognised("vit.embeddings.foo"), Unrecognised::Unknown);
+    }
+
+    #[test]
+    fn records_the_files_names_and_checks_qkv_shapes() {
+        let hf: HashMap<String, Tensor> = [
+            ("encoder.layer.0.attention.attention.query.weight", t(1., 2)),
+            ("encoder.layer.0.attention.attention.key.weight", t(2., 2)),
+            ("encoder.layer.0.attention.attention.value.weight", t(3., 2)),
+            ("layernorm.bias", t(4., 2)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let out = convert_from_hf(hf.clone(), "x").unwrap();
+        assert_eq!(out.file_names["norm.bias"], "layernorm.bias");
+        assert!(out.file_names["blocks.0.attn.qkv.weight"].contains("attention.attention.key.weight"));
+        let mut bad = hf;
+        bad.insert("encoder.layer.0.attention.attention.key.weight".into(), t(2., 3));
+        let err = convert_from_hf(bad, "x").unwrap_err().to_string();
+        assert!(err.contains("encoder.layer.0.attention.attention.key.weight` [3]"), "{err}");
     }
 
     #[test]

@@ -160,6 +160,22 @@ fn hugging_face_directories_work_with_every_command() {
         dir.path(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    // Export to transformers' layout and read the export back with every command's loader.
+    let o = mae(&["export", "--weights", hf, "--format", "hf", "--out", "exported"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mae(&["info", "--weights", "exported"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mae(&["export", "--weights", hf, "--format", "timm", "--out", "timm"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A hub id that is not in the cache, offline: the error names the id and how to get it.
+    let o = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(["info", "--weights", "facebook/vit-mae-base"])
+        .current_dir(dir.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", dir.path().join("empty-cache"))
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &["facebook/vit-mae-base"]);
     // A corrupt image is an error naming it.
     std::fs::write(dir.path().join("fake.png"), b"not a png").unwrap();
     let o = mae(&["reconstruct", "--weights", hf, "--image", "fake.png"], dir.path());

@@ -1,10 +1,12 @@
 //! `mae`: pre-train, inspect and use Masked Autoencoders from the command line.
 
 mod commands;
+mod export;
 mod pretrain;
 mod settings;
 mod util;
 
+use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,7 @@ Examples:
   mae pretrain                                   # quick start: built-in synthetic shapes, a few CPU minutes
   mae pretrain --data mnist:../shared/data/mnist --preset mae-vit-tiny-patch4-32 --epochs 20
   mae pretrain --resume runs/20261128-181500     # continue a run exactly where it stopped
+  mpirun -np 4 mae pretrain --batch-size 64      # data parallel over 4 processes (built with --features mpi)
   mae reconstruct --weights runs/20261128-181500 --image photo.png --out rec.png
   mae knn --weights runs/20261128-181500 --train mnist:data@train --test mnist:data@test
   mae info --weights runs/20261128-181500";
@@ -44,6 +47,8 @@ enum Command {
     Info(commands::InfoArgs),
     /// Time full training steps (forward, loss, backward, AdamW) of a preset on this machine.
     Bench(commands::BenchArgs),
+    /// Write weights for timm, Hugging Face transformers, or as ours (docs/weights.md).
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,15 +56,47 @@ fn main() -> ExitCode {
     util::default_cpu_threads();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Pretrain(args) => pretrain::run(*args),
+        Command::Pretrain(args) => return pretrain_in_world(*args),
         Command::Reconstruct(args) => commands::reconstruct(args),
         Command::Embed(args) => commands::embed(args),
         Command::Knn(args) => commands::knn(args),
         Command::Info(args) => commands::info(args),
         Command::Bench(args) => commands::bench(args),
+        Command::Export(args) => export::export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mae pretrain` in the world its launcher made: one process, or a rank of `mpirun -np N`. An
+/// error (or a panic) on one rank of several stops the whole job with `MPI_Abort`, so that no
+/// rank waits forever in a collective for a rank that is gone.
+fn pretrain_in_world(args: settings::PretrainArgs) -> ExitCode {
+    let world = match mae_train::collective::from_env() {
+        Ok(world) => world,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| pretrain::run(args, world.clone())))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("a panic (reported above)")));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if world.world_size() > 1 => {
+            let (rank, size) = (world.rank(), world.world_size());
+            eprintln!("error (rank {rank} of {size}): {e:#}");
+            eprintln!(
+                "mae: rank {rank} failed: stopping all {size} processes. The newest complete checkpoint \
+                 stays valid; continue with `mpirun -np {size} mae pretrain --resume RUN_DIR`"
+            );
+            world.abort(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

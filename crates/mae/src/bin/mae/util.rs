@@ -17,11 +17,28 @@ pub fn init_logging() {
 /// small CPU the two fight over the cores (measured: 2.7x slower training steps on 2 cores, see
 /// docs/benchmarks.md). Unless the user chose, element-wise ops run on one thread and matmuls on
 /// all cores.
+///
+/// Under an MPI launcher with several ranks on this node, the matmul threads (`RAYON_NUM_THREADS`,
+/// unless set) are the cores this process may use divided by the ranks of the node, so that the
+/// ranks do not oversubscribe the cores between them.
 pub fn default_cpu_threads() {
+    // Safe: called first thing in main, before any other thread exists.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // Safe: called first thing in main, before any other thread exists.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        if let Some(local) = local_ranks().filter(|&n| n > 1) {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            std::env::set_var("RAYON_NUM_THREADS", (cores / local).max(1).to_string());
+        }
+    }
+}
+
+/// Ranks of this job on this node, as the MPI launcher says (Open MPI, MPICH / Intel MPI).
+pub fn local_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().and_then(|v| v.trim().parse().ok()))
 }
 
 /// `cpu`, `cuda`, `cuda:N` or `metal`.
@@ -49,7 +66,14 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 /// checkpoint folder, or a run folder (its newest checkpoint).
 pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
-        bail!("--weights {}: no such file or directory", path.display());
+        // Not a path: a hub id (OWNER/NAME[@REV]) is resolved by the loader, from the cache first.
+        if path.to_str().and_then(mae::RepoId::parse).is_some() {
+            return Ok(path.to_path_buf());
+        }
+        bail!(
+            "--weights {}: no such file or directory (nor a hub id like facebook/vit-mae-base)",
+            path.display()
+        );
     }
     if path.is_file() {
         return Ok(path.to_path_buf());
@@ -60,18 +84,12 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
         })?;
         return Ok(latest.join("model.safetensors"));
     }
-    if path.join("model.safetensors").is_file() {
-        return Ok(if path.join("config.json").is_file() {
-            path.to_path_buf() // a Hugging Face directory: from_pretrained reads both files
-        } else {
-            path.join("model.safetensors")
-        });
+    if path.join("model.safetensors").is_file() && !path.join("config.json").is_file() {
+        return Ok(path.join("model.safetensors")); // a checkpoint folder
     }
-    bail!(
-        "--weights {}: expected a .safetensors file, a Hugging Face model folder (config.json + model.safetensors), \
-         a checkpoint folder or a run folder",
-        path.display()
-    )
+    // A model folder (Hugging Face, timm, the paper's .pth): the loader finds its files and says
+    // what is missing.
+    Ok(path.to_path_buf())
 }
 
 pub fn load_model(weights: &Path, device: &Device) -> Result<MaskedAutoencoder> {
