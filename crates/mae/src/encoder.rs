@@ -32,27 +32,12 @@ impl Encoder {
         device: &Device,
     ) -> Result<Self> {
         check_vit(config).map_err(|m| MaeError::Config(format!("{source}: {m}")))?;
-        let varmap = VarMap::new();
-        {
-            let mut vars =
-                varmap.data().lock().map_err(|_| MaeError::Config("variable map lock poisoned".into()))?;
-            for (name, shape) in VisionTransformer::parameter_shapes(config)? {
-                let tensor = tensors.get(&name).ok_or_else(|| MaeError::MissingTensor {
-                    origin: source.to_string(),
-                    name: name.clone(),
-                })?;
-                if tensor.dims() != shape.as_slice() {
-                    return Err(MaeError::ShapeMismatch {
-                        origin: source.to_string(),
-                        name,
-                        expected: shape,
-                        found: tensor.dims().to_vec(),
-                    });
-                }
-                let tensor = tensor.to_dtype(DType::F32)?.to_device(device)?;
-                vars.insert(name, Var::from_tensor(&tensor)?);
-            }
-        }
+        let varmap = crate::model::varmap_from(
+            VisionTransformer::parameter_shapes(config)?,
+            &tensors,
+            source,
+            device,
+        )?;
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let vit = VisionTransformer::new(config, vb)?;
         if config.pos_embed == PosEmbed::Sincos {

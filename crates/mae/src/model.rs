@@ -55,27 +55,7 @@ impl MaskedAutoencoder {
         device: &Device,
     ) -> Result<Self> {
         let device = device.clone();
-        let varmap = VarMap::new();
-        {
-            let mut vars =
-                varmap.data().lock().map_err(|_| MaeError::Config("variable map lock poisoned".into()))?;
-            for (name, shape) in init::parameter_shapes(config)? {
-                let tensor = tensors.get(&name).ok_or_else(|| MaeError::MissingTensor {
-                    origin: source.to_string(),
-                    name: name.clone(),
-                })?;
-                if tensor.dims() != shape.as_slice() {
-                    return Err(MaeError::ShapeMismatch {
-                        origin: source.to_string(),
-                        name,
-                        expected: shape,
-                        found: tensor.dims().to_vec(),
-                    });
-                }
-                let tensor = tensor.to_dtype(DType::F32)?.to_device(&device)?;
-                vars.insert(name, Var::from_tensor(&tensor)?);
-            }
-        }
+        let varmap = varmap_from(init::parameter_shapes(config)?, &tensors, source, &device)?;
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let model = Self {
             config: config.clone(),
@@ -193,4 +173,35 @@ impl MaskedAutoencoder {
         let plan = mae_patch::random_masking(b, self.config.num_patches(), self.config.mask_ratio, rng)?;
         self.forward_with_plan(pixels, &plan)
     }
+}
+
+/// A `VarMap` holding, for every `(name, shape)`, that tensor of `tensors` as f32 on `device`;
+/// a missing tensor or a wrong shape is an error naming it and `source`.
+pub(crate) fn varmap_from(
+    shapes: Vec<(String, Vec<usize>)>,
+    tensors: &HashMap<String, Tensor>,
+    source: &str,
+    device: &Device,
+) -> Result<VarMap> {
+    let varmap = VarMap::new();
+    {
+        let mut vars =
+            varmap.data().lock().map_err(|_| MaeError::Config("variable map lock poisoned".into()))?;
+        for (name, shape) in shapes {
+            let tensor = tensors
+                .get(&name)
+                .ok_or_else(|| MaeError::MissingTensor { origin: source.to_string(), name: name.clone() })?;
+            if tensor.dims() != shape.as_slice() {
+                return Err(MaeError::ShapeMismatch {
+                    origin: source.to_string(),
+                    name,
+                    expected: shape,
+                    found: tensor.dims().to_vec(),
+                });
+            }
+            let tensor = tensor.to_dtype(DType::F32)?.to_device(device)?;
+            vars.insert(name, Var::from_tensor(&tensor)?);
+        }
+    }
+    Ok(varmap)
 }
