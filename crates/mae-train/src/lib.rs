@@ -25,7 +25,7 @@ pub use checkpoint::{
 pub use collective::{Collective, SingleProcess};
 pub use error::{Result, TrainError};
 pub use metrics::{read_steps, MetricsLog, StepRecord};
-pub use optim::{decays, AdamW, AdamWConfig};
+pub use optim::{decays, AdamW, AdamWConfig, ParamOptions};
 pub use plot::plot_loss;
 pub use progress::{Progress, ProgressMode};
 pub use schedule::LrSchedule;

@@ -32,10 +32,27 @@ pub fn decays(name: &str, var: &Var) -> bool {
     var.rank() > 1 && !name.ends_with(".bias")
 }
 
+/// How one parameter is optimised: with weight decay or not, and a multiplier of the scheduled
+/// learning rate (1 by default; fine-tuning's layer-wise decay gives lower layers less, as the
+/// `lr_scale` of facebookresearch/mae's `param_groups_lrd`; the decay step is scaled too).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ParamOptions {
+    pub weight_decay: bool,
+    pub lr_scale: f64,
+}
+
+impl ParamOptions {
+    /// The default: [`decays`] decides the weight decay, the learning rate is unscaled.
+    pub fn default_for(name: &str, var: &Var) -> Self {
+        Self { weight_decay: decays(name, var), lr_scale: 1.0 }
+    }
+}
+
 struct Slot {
     name: String,
     var: Var,
     decay: bool,
+    lr_scale: f64,
     m: Tensor,
     v: Tensor,
 }
@@ -49,13 +66,22 @@ pub struct AdamW {
 impl AdamW {
     /// An optimizer over `vars` (name, variable), in the given (stable) order.
     pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        Self::with_options(vars, config, ParamOptions::default_for)
+    }
+
+    /// An optimizer whose per-parameter weight decay and learning-rate scale `options` decides.
+    pub fn with_options(
+        vars: Vec<(String, Var)>,
+        config: AdamWConfig,
+        options: impl Fn(&str, &Var) -> ParamOptions,
+    ) -> Result<Self> {
         let slots = vars
             .into_iter()
             .map(|(name, var)| {
-                let decay = decays(&name, &var);
+                let ParamOptions { weight_decay: decay, lr_scale } = options(&name, &var);
                 let m = var.zeros_like()?;
                 let v = var.zeros_like()?;
-                Ok(Slot { name, var, decay, m, v })
+                Ok(Slot { name, var, decay, lr_scale, m, v })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { config, slots, step: 0 })
@@ -76,6 +102,14 @@ impl AdamW {
         (decay.iter().map(|s| s.name.as_str()).collect(), no_decay.iter().map(|s| s.name.as_str()).collect())
     }
 
+    /// Every parameter's name and options, in the optimizer's order.
+    pub fn options(&self) -> Vec<(&str, ParamOptions)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.as_str(), ParamOptions { weight_decay: s.decay, lr_scale: s.lr_scale }))
+            .collect()
+    }
+
     /// One update with learning rate `lr`; `grads[i]` is the gradient of the i-th variable.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         if grads.len() != self.slots.len() {
@@ -90,6 +124,7 @@ impl AdamW {
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let lr = lr * slot.lr_scale;
             let g = g.to_dtype(slot.m.dtype())?;
             slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -157,6 +192,21 @@ mod tests {
         assert!((w1[0][1] - expect(-2.0, 0.2, 0.05)).abs() < 1e-6);
         assert!((b.as_tensor().to_vec1::<f32>()?[0] - expect(0.5, 1.0, 0.0)).abs() < 1e-6);
         assert_eq!(opt.groups(), (vec!["w"], vec!["l.bias"]));
+        Ok(())
+    }
+
+    #[test]
+    fn lr_scale_scales_the_step_and_the_decay_of_its_parameter() -> Result<()> {
+        let w = Var::from_tensor(&Tensor::new(&[[1.0f32, -2.0]], &Device::Cpu)?)?;
+        let options = |_: &str, _: &Var| ParamOptions { weight_decay: true, lr_scale: 0.25 };
+        let mut opt = AdamW::with_options(vec![("w".into(), w.clone())], AdamWConfig::default(), options)?;
+        opt.step(&[Tensor::new(&[[0.1f32, -0.2]], &Device::Cpu)?], 0.1)?;
+        // Step 1 at lr 0.1 x 0.25: p (1 - lr wd) - lr sign(g).
+        let lr = 0.025f32;
+        let w1 = w.as_tensor().to_vec2::<f32>()?;
+        assert!((w1[0][0] - (1.0 * (1.0 - lr * 0.05) - lr)).abs() < 1e-6);
+        assert!((w1[0][1] - (-2.0 * (1.0 - lr * 0.05) + lr)).abs() < 1e-6);
+        assert_eq!(opt.options(), vec![("w", ParamOptions { weight_decay: true, lr_scale: 0.25 })]);
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use crate::checkpoint::{self, Checkpoints, TrainState, FAULT_ENV, STATE_VERSION}
 use crate::collective::{self, Collective, SingleProcess, DEFAULT_BUCKET_BYTES};
 use crate::error::{Result, TrainError};
 use crate::metrics::{MetricsLog, StepRecord};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, ParamOptions};
 use crate::progress::{Progress, ProgressMode};
 use crate::schedule::LrSchedule;
 
@@ -35,6 +35,11 @@ pub trait Trainable {
     fn batch_len(batch: &Self::Batch) -> usize;
     /// Writes the model's weights to `path` in the model's own format.
     fn save_weights(&self, path: &Path) -> Result<()>;
+    /// How the optimizer treats variable `name`: by default weight decay on weights only
+    /// ([`crate::decays`]) and the scheduled learning rate unscaled.
+    fn param_options(&self, name: &str, var: &Var) -> ParamOptions {
+        ParamOptions::default_for(name, var)
+    }
 }
 
 /// A deterministic, resumable stream of batches: epoch `e` from batch `k` on is always the same.
@@ -127,7 +132,7 @@ impl<M: Trainable> Trainer<M> {
             return Err(TrainError::Config("steps and accumulation must be at least 1".into()));
         }
         let vars = model.named_vars();
-        let optimizer = AdamW::new(vars.clone(), config.adamw)?;
+        let optimizer = AdamW::with_options(vars.clone(), config.adamw, |n, v| model.param_options(n, v))?;
         let state = TrainState {
             version: STATE_VERSION,
             written_by: format!("mae-train {}", env!("CARGO_PKG_VERSION")),
