@@ -203,6 +203,28 @@ impl Module for Block {
     }
 }
 
+/// Per-sample multipliers of a block's two residual branches for stochastic depth (timm's
+/// `DropPath`, as MAE fine-tuning uses it): `[B, 1, 1]` tensors of 0 (the branch is dropped for
+/// that sample) or `1 / keep_prob`. `None` leaves the branch as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ResidualKeep {
+    pub attn: Option<Tensor>,
+    pub mlp: Option<Tensor>,
+}
+
+impl Block {
+    /// [`Block::forward`] with stochastic depth: `x + keep.attn * attn(norm1(x))`, then
+    /// `x + keep.mlp * mlp(norm2(x))`, each multiplier broadcast over the tokens of its sample.
+    pub fn forward_with_keep(&self, x: &Tensor, keep: &ResidualKeep) -> Result<Tensor> {
+        let scaled = |branch: Tensor, keep: &Option<Tensor>| match keep {
+            Some(k) => branch.broadcast_mul(&k.to_dtype(branch.dtype())?),
+            None => Ok(branch),
+        };
+        let x = (x + scaled(self.attn.forward(&self.norm1.forward(x)?)?, &keep.attn)?)?;
+        &x + scaled(self.mlp.forward(&self.norm2.forward(&x)?)?, &keep.mlp)?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

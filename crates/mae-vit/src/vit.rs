@@ -2,7 +2,7 @@ use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use mae_patch::{MaskPlan, PatchGrid};
 
-use crate::layers::{Block, LayerNorm, Linear};
+use crate::layers::{Block, LayerNorm, Linear, ResidualKeep};
 use crate::{Pool, PosEmbed, VitConfig};
 
 /// ViT encoder: patch embedding, cls token, position embedding, pre-norm blocks, final norm.
@@ -118,6 +118,25 @@ impl VisionTransformer {
             x = block.forward(&x)?;
         }
         self.norm.forward(&x)
+    }
+
+    /// The unmasked pass for fine-tuning, with stochastic depth: `drop_path[i]` scales the
+    /// residual branches of block `i` (blocks past its end keep theirs), and no final norm:
+    /// `[B, C, H, W] -> [B, 1 + L, D]`. Classification then pools: the cls token through
+    /// [`VisionTransformer::final_norm`], or the mean of the patch tokens through a norm of its
+    /// own (the paper's `global_pool`, where `norm` is not used).
+    pub fn forward_train(&self, imgs: &Tensor, drop_path: &[ResidualKeep]) -> Result<Tensor> {
+        let mut x = self.prepend_cls(&self.embed_patches(imgs)?)?; // [B, 1 + L, D]
+        let keep_all = ResidualKeep::default();
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward_with_keep(&x, drop_path.get(i).unwrap_or(&keep_all))?;
+        }
+        Ok(x)
+    }
+
+    /// The final LayerNorm (`norm`) over the last dimension.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm.forward(x)
     }
 
     /// The MAE encoder pass: only the patches `plan` keeps enter the transformer.

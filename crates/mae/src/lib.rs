@@ -12,6 +12,7 @@
 //! # Ok::<(), mae::MaeError>(())
 //! ```
 
+pub mod classify;
 mod config;
 mod encoder;
 mod error;
@@ -26,6 +27,7 @@ pub mod naming;
 pub mod pretrain;
 pub mod visualize;
 
+pub use classify::Accuracy;
 pub use config::{MaeConfig, StackShape, PRESETS};
 pub use encoder::{load_encoder, Encoder};
 pub use error::{MaeError, Result};

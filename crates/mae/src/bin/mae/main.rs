@@ -1,5 +1,6 @@
 //! `mae`: pre-train, inspect and use Masked Autoencoders from the command line.
 
+mod classify;
 mod commands;
 mod export;
 mod pretrain;
@@ -24,6 +25,8 @@ Examples:
   mpirun -np 4 mae pretrain --batch-size 64      # data parallel over 4 processes (built with --features mpi)
   mae reconstruct --weights runs/20261128-181500 --image photo.png --out rec.png
   mae knn --weights runs/20261128-181500 --train mnist:data@train --test mnist:data@test
+  mae linear-probe --weights runs/20261128-181500 --train mnist:data@train --test mnist:data@test
+  mae finetune --weights runs/20261128-181500 --train mnist:data@train --test mnist:data@test --json
   mae info --weights runs/20261128-181500";
 
 #[derive(Parser)]
@@ -43,6 +46,10 @@ enum Command {
     Embed(commands::EmbedArgs),
     /// Weighted k-NN accuracy of encoder features (the standard check of a representation).
     Knn(commands::KnnArgs),
+    /// Linear probe: train BatchNorm + a linear layer on frozen encoder features (the paper's protocol).
+    LinearProbe(Box<classify::LinearProbeArgs>),
+    /// Fine-tune the whole encoder with a classification head (layer-wise lr decay, drop path, label smoothing).
+    Finetune(Box<classify::FinetuneArgs>),
     /// What a checkpoint holds: config, training step, parameter count.
     Info(commands::InfoArgs),
     /// Time full training steps (forward, loss, backward, AdamW) of a preset on this machine.
@@ -60,6 +67,8 @@ fn main() -> ExitCode {
         Command::Reconstruct(args) => commands::reconstruct(args),
         Command::Embed(args) => commands::embed(args),
         Command::Knn(args) => commands::knn(args),
+        Command::LinearProbe(args) => classify::linear_probe(*args),
+        Command::Finetune(args) => classify::finetune(*args),
         Command::Info(args) => commands::info(args),
         Command::Bench(args) => commands::bench(args),
         Command::Export(args) => export::export(args),
