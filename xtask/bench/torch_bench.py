@@ -114,6 +114,11 @@ def bench(torch, args) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
     images = torch.rand(args.batch_size, 3, image, image, device=device) * 2 - 1
+    # --dtype bf16: torch.autocast, the standard mixed precision (weights and AdamW in f32).
+    # f32 means f32: no TF32 tensor-core products on Ampere and newer.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    bf16 = args.dtype == "bf16"
 
     times, fwd, bwd, optim = [], [], [], []
     for step in range(args.steps + args.warmup):
@@ -121,7 +126,8 @@ def bench(torch, args) -> dict:
         t0 = time.perf_counter()
         idx_keep, idx_mask = utils.random_token_mask(
             size=(args.batch_size, model.sequence_length), mask_ratio=MASK_RATIO, device=device)
-        loss = model(images, idx_keep, idx_mask)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(images, idx_keep, idx_mask)
         loss_value = float(loss.detach())  # forward done (and synchronised)
         t1 = time.perf_counter()
         loss.backward()
@@ -142,6 +148,7 @@ def bench(torch, args) -> dict:
         "preset": args.preset,
         "batch_size": args.batch_size,
         "device": args.device,
+        "dtype": args.dtype,
         "step_s_median": median,
         "step_s_min": min(times),
         "step_s_max": max(times),
@@ -201,6 +208,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="bf16: torch.autocast mixed precision")
     p.add_argument("--matmul-peak", action="store_true", help="time an N x N float32 matmul instead")
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--matmul-reps", type=int, default=10)

@@ -8,6 +8,7 @@ mod bench;
 mod build_cmd;
 mod ci;
 mod fixtures;
+mod gpu_bundle;
 mod gpu_check;
 mod toolkit;
 mod util;
@@ -27,6 +28,7 @@ SUBCOMMANDS:
     fixtures    regenerate the numerical fixtures with Python (xtask/fixtures/make_fixtures.py)
     build       build the workspace with a GPU backend: --cuda (nvcc; --fetch-nvcc) or --metal
     gpu-check   one-shot check on an NVIDIA GPU machine: release CUDA build, tests, benchmarks
+    gpu-bundle  CUDA binaries built here for a GPU machine without Rust (run there: xtask/gpu/run-bundle.sh)
     bench       time training steps (ours, optionally vs PyTorch), peak memory, loader throughput
     help        print this help, or a subcommand's: cargo xtask help <SUBCOMMAND>
 
@@ -36,11 +38,12 @@ Exit codes: 0 success, 1 a step failed, 2 bad command line.
 
 type Main = fn(Vec<String>) -> util::Result<()>;
 
-const SUBCOMMANDS: [(&str, Main, &str); 5] = [
+const SUBCOMMANDS: [(&str, Main, &str); 6] = [
     ("ci", ci::main, ci::HELP),
     ("fixtures", fixtures::main, fixtures::HELP),
     ("build", build_cmd::main, build_cmd::HELP),
     ("gpu-check", gpu_check::main, gpu_check::HELP),
+    ("gpu-bundle", gpu_bundle::main, gpu_bundle::HELP),
     ("bench", bench::bench, bench::HELP),
 ];
 

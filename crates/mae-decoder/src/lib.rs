@@ -120,6 +120,16 @@ impl MaeDecoder {
         &self.config
     }
 
+    /// Mixed precision: the decoder's matrix products run in `dtype` (see
+    /// [`mae_vit::layers::cast_for_compute`]); its output stays f32.
+    pub fn set_compute_dtype(&mut self, dtype: Option<candle_core::DType>) {
+        self.decoder_embed.set_compute_dtype(dtype);
+        for block in &mut self.decoder_blocks {
+            block.set_compute_dtype(dtype);
+        }
+        self.decoder_pred.set_compute_dtype(dtype);
+    }
+
     /// The decoder position embedding `[1, 1 + L, Dd]`.
     pub fn pos_embed(&self) -> &Tensor {
         &self.decoder_pos_embed

@@ -5,9 +5,12 @@
 //! - `MpiCollective` (cargo feature `mpi`): MPI over `MPI_COMM_WORLD` via rsmpi, for jobs
 //!   launched with `mpirun -np N ...` (Open MPI, MPICH, Intel MPI, Slurm's PMI).
 //!
-//! The tensor operations take and return [`Tensor`]s on any device, so a GPU implementation
-//! (NCCL, one process per GPU) can reduce device memory in place of MPI's host copies; it is not
-//! implemented yet (see docs/distributed.md).
+//! - `NcclCollective` (cargo feature `nccl`): NCCL between processes of one GPU each, on the
+//!   GPUs' own memory, for jobs started by `mae pretrain --devices 0,1,...` (see
+//!   docs/distributed.md).
+//!
+//! The tensor operations take and return [`Tensor`]s on any device: MPI copies through host
+//! memory, NCCL reduces device memory in place.
 //!
 //! [`from_env`] picks the implementation from the launcher's environment, and
 //! [`all_reduce_mean`] / [`broadcast_tensors`] move many tensors in a few large flat buckets.
@@ -23,6 +26,10 @@ use crate::error::{Result, TrainError};
 mod mpi;
 #[cfg(feature = "mpi")]
 pub use self::mpi::MpiCollective;
+#[cfg(feature = "nccl")]
+mod nccl;
+#[cfg(feature = "nccl")]
+pub use self::nccl::{NcclCollective, NcclLaunch};
 
 /// Size of the flat buckets that gradients are all-reduced in (PyTorch DDP's default, 25 MiB).
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;

@@ -4,8 +4,22 @@
 //! Every op here has a real backward in candle: candle-nn 0.11's fused `LayerNorm`,
 //! `softmax_last_dim` and `sdpa` do not, and gradients would silently stop there.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+
+/// Mixed precision the way PyTorch's autocast does it: the weights (and the optimizer state)
+/// stay in their own dtype (f32), the matrix products run in `dtype` (bf16 on a GPU, where the
+/// tensor cores are), and everything else (LayerNorm, softmax, GELU, residual sums, the loss)
+/// stays in f32. `None` computes in the dtype of the weights.
+///
+/// The casts are ordinary candle ops, so gradients flow back through them into the f32
+/// weights.
+pub fn cast_for_compute(x: &Tensor, compute: Option<DType>) -> Result<Tensor> {
+    match compute {
+        Some(dtype) if dtype != x.dtype() => x.to_dtype(dtype),
+        _ => Ok(x.clone()),
+    }
+}
 
 /// `nn.Linear`: `y = x W^T + b`, weight `[out, in]`.
 ///
@@ -16,15 +30,22 @@ use candle_nn::VarBuilder;
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// Matmul dtype ([`cast_for_compute`]); the output has the input's dtype either way.
+    compute: Option<DType>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self { weight, bias, compute: None }
     }
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// Run the product in `dtype` (e.g. bf16) while the weights stay as they are.
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.compute = dtype;
     }
 }
 
@@ -33,14 +54,16 @@ impl Module for Linear {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let lhs = cast_for_compute(&x.reshape((rows, in_dim))?, self.compute)?;
+        let weight = cast_for_compute(&self.weight, self.compute)?;
+        let y = lhs.matmul(&weight.t()?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&cast_for_compute(b, self.compute)?)?,
             None => y,
         };
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap_or(&mut 0) = self.weight.dim(0)?;
-        y.reshape(out_dims)
+        y.reshape(out_dims)?.to_dtype(x.dtype())
     }
 }
 
@@ -92,6 +115,7 @@ pub struct Attention {
     proj: Linear,
     num_heads: usize,
     scale: f64,
+    compute: Option<DType>,
 }
 
 impl Attention {
@@ -104,7 +128,15 @@ impl Attention {
             proj: linear(dim, dim, true, vb.pp("proj"))?,
             num_heads,
             scale: 1.0 / ((dim / num_heads) as f64).sqrt(),
+            compute: None,
         })
+    }
+
+    /// Matmul dtype of the projections and of both attention products; softmax stays in f32.
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.qkv.set_compute_dtype(dtype);
+        self.proj.set_compute_dtype(dtype);
+        self.compute = dtype;
     }
 }
 
@@ -114,11 +146,13 @@ impl Module for Attention {
         let h = self.num_heads;
         // qkv: [B, N, 3D] -> [3, B, H, N, D/H]
         let qkv = self.qkv.forward(x)?.reshape((b, n, 3, h, d / h))?.permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)? * self.scale)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let attn = softmax_last_dim(&q.matmul(&k.t()?)?)?; // [B, H, N, N]
-        let out = attn.matmul(&v)?; // [B, H, N, D/H]
+        let low = |t: Tensor| cast_for_compute(&t.contiguous()?, self.compute);
+        let q = low((qkv.get(0)? * self.scale)?)?;
+        let k = low(qkv.get(1)?)?;
+        let v = low(qkv.get(2)?)?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(x.dtype())?; // [B, H, N, N]
+        let attn = low(softmax_last_dim(&scores)?)?;
+        let out = attn.matmul(&v)?.to_dtype(x.dtype())?; // [B, H, N, D/H]
         self.proj.forward(&out.transpose(1, 2)?.reshape((b, n, d))?)
     }
 }
@@ -136,6 +170,13 @@ impl Mlp {
             fc1: linear(dim, hidden, true, vb.pp("fc1"))?,
             fc2: linear(hidden, dim, true, vb.pp("fc2"))?,
         })
+    }
+}
+
+impl Mlp {
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.fc1.set_compute_dtype(dtype);
+        self.fc2.set_compute_dtype(dtype);
     }
 }
 
@@ -193,6 +234,12 @@ impl Block {
             ("mlp.fc2.bias", vec![d]),
         ]);
         out.into_iter().map(|(n, s)| (n.to_string(), s)).collect()
+    }
+
+    /// Matmul dtype of every product in the block ([`cast_for_compute`]).
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.attn.set_compute_dtype(dtype);
+        self.mlp.set_compute_dtype(dtype);
     }
 }
 

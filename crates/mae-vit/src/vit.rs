@@ -78,6 +78,16 @@ impl VisionTransformer {
         self.grid
     }
 
+    /// Mixed precision: every matrix product of the encoder runs in `dtype` (bf16 on a GPU)
+    /// while the weights, norms, softmax and residual stream stay in f32; `None` turns it off.
+    /// See [`crate::layers::cast_for_compute`].
+    pub fn set_compute_dtype(&mut self, dtype: Option<candle_core::DType>) {
+        self.patch_embed.set_compute_dtype(dtype);
+        for block in &mut self.blocks {
+            block.set_compute_dtype(dtype);
+        }
+    }
+
     /// The position embedding `[1, 1 + L, D]` (fixed sin-cos or learned).
     pub fn pos_embed(&self) -> &Tensor {
         &self.pos_embed

@@ -97,6 +97,14 @@ impl MaskedAutoencoder {
         &self.config
     }
 
+    /// Mixed precision (`--dtype bf16`): the matrix products of encoder and decoder run in
+    /// `dtype`; the weights, the optimizer state, norms, softmax, residual sums and the loss stay
+    /// f32, as under PyTorch's autocast. `None` (the default) computes everything in f32.
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.encoder.set_compute_dtype(dtype);
+        self.decoder.set_compute_dtype(dtype);
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

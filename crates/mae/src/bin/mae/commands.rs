@@ -274,6 +274,9 @@ pub struct BenchArgs {
     pub steps: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// f32, or bf16 (mixed precision: matrix products in bf16, weights and AdamW in f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -282,7 +285,8 @@ pub struct BenchArgs {
 pub fn bench(args: BenchArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
     let config = MaeConfig::preset(&args.preset).context("--preset")?;
-    let model = MaskedAutoencoder::new(&config, 0, &device)?;
+    let mut model = MaskedAutoencoder::new(&config, 0, &device)?;
+    model.set_compute_dtype(util::compute_dtype_for(&args.dtype, &device)?);
     let mut opt = mae_train::AdamW::new(model.named_vars(), mae_train::AdamWConfig::default())?;
     let [h, w] = config.image_size;
     let pixels = mae_patch_noise(args.batch_size * 3 * h * w)?
@@ -331,6 +335,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "preset": args.preset,
         "batch_size": args.batch_size,
         "device": args.device,
+        "dtype": args.dtype,
         "step_s_median": median,
         "step_s_min": times.first(),
         "step_s_max": times.last(),

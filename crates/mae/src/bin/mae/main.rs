@@ -3,6 +3,7 @@
 mod classify;
 mod commands;
 mod export;
+mod launch;
 mod pretrain;
 mod settings;
 mod util;
@@ -86,13 +87,21 @@ fn main() -> ExitCode {
 /// error (or a panic) on one rank of several stops the whole job with `MPI_Abort`, so that no
 /// rank waits forever in a collective for a rank that is gone.
 fn pretrain_in_world(args: settings::PretrainArgs) -> ExitCode {
-    let world = match mae_train::collective::from_env() {
+    if let Some(devices) = &args.devices {
+        return launch::launch(devices).unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        });
+    }
+    let world = match world_from_env(&args) {
         Ok(world) => world,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let relaunch =
+        if std::env::var_os("MAE_NCCL_ID").is_some() { "the same --devices and" } else { "`mpirun -np N`" };
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| pretrain::run(args, world.clone())))
         .unwrap_or_else(|_| Err(anyhow::anyhow!("a panic (reported above)")));
     match result {
@@ -102,7 +111,7 @@ fn pretrain_in_world(args: settings::PretrainArgs) -> ExitCode {
             eprintln!("error (rank {rank} of {size}): {e:#}");
             eprintln!(
                 "mae: rank {rank} failed: stopping all {size} processes. The newest complete checkpoint \
-                 stays valid; continue with `mpirun -np {size} mae pretrain --resume RUN_DIR`"
+                 stays valid; continue with {relaunch} `mae pretrain --resume RUN_DIR`"
             );
             world.abort(1)
         }
@@ -111,4 +120,24 @@ fn pretrain_in_world(args: settings::PretrainArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The job this process belongs to: a rank started by `--devices` (NCCL, on the GPU its
+/// launcher gave it), a rank of `mpirun`, or a process on its own.
+fn world_from_env(
+    args: &settings::PretrainArgs,
+) -> anyhow::Result<std::sync::Arc<dyn mae_train::Collective>> {
+    #[cfg(feature = "nccl")]
+    if let Some(launch) = mae_train::collective::NcclLaunch::from_env()? {
+        let device = util::parse_device(args.device.as_deref().unwrap_or("cuda"))?;
+        return Ok(std::sync::Arc::new(mae_train::collective::NcclCollective::init(&device, &launch)?));
+    }
+    #[cfg(not(feature = "nccl"))]
+    if std::env::var_os("MAE_NCCL_ID").is_some() {
+        anyhow::bail!(
+            "MAE_NCCL_ID is set (a rank of `mae pretrain --devices`) but this mae was built without NCCL"
+        );
+    }
+    let _ = args;
+    Ok(mae_train::collective::from_env()?)
 }

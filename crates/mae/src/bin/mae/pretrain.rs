@@ -262,7 +262,8 @@ fn train(cfg: Pretrain, resume_from: Option<PathBuf>, world: Arc<dyn Collective>
         total_steps,
     };
 
-    let model = MaskedAutoencoder::new(&cfg.model, cfg.seed, &device)?;
+    let mut model = MaskedAutoencoder::new(&cfg.model, cfg.seed, &device)?;
+    model.set_compute_dtype(util::compute_dtype_for(&cfg.dtype, &device)?);
     if is_main {
         std::fs::create_dir_all(&cfg.out).with_context(|| format!("--out {}", cfg.out.display()))?;
         if resume_from.is_none() {
@@ -275,11 +276,12 @@ fn train(cfg: Pretrain, resume_from: Option<PathBuf>, world: Arc<dyn Collective>
             String::new()
         };
         eprintln!(
-            "mae: {} ({:.1}M parameters) on {} ({}), {} steps of {} images{processes} ({} per epoch), peak lr {:.2e}, run folder {}",
+            "mae: {} ({:.1}M parameters) on {} ({}, {}), {} steps of {} images{processes} ({} per epoch), peak lr {:.2e}, run folder {}",
             cfg.preset,
             model.num_parameters() as f64 / 1e6,
             dataset.describe(),
             cfg.device,
+            cfg.dtype,
             total_steps,
             effective_batch,
             steps_per_epoch,

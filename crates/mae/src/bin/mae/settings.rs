@@ -82,7 +82,13 @@ pub struct PretrainArgs {
     /// cpu, cuda, cuda:N or metal.
     #[arg(long)]
     pub device: Option<String>,
-    /// Compute precision: f32 (bf16 / f16 are not supported yet).
+    /// Data parallel over these GPUs, one process each, joined by NCCL: e.g. `0,1,2,3`
+    /// (--batch-size is per GPU). Needs a build with the cargo feature `nccl`.
+    #[arg(long, value_name = "N,N,...", conflicts_with = "device")]
+    #[serde(skip)]
+    pub devices: Option<String>,
+    /// Compute precision: f32, or bf16 (mixed precision for GPUs: matrix products in bf16,
+    /// weights, optimizer state, norms and the loss in f32).
     #[arg(long)]
     pub dtype: Option<String>,
     /// Run folder (default: runs/<timestamp>).
@@ -190,9 +196,7 @@ impl PretrainArgs {
             bail!("--progress {progress}: expected auto, bar, lines or silent");
         }
         let dtype = self.dtype.clone().unwrap_or_else(|| "f32".into());
-        if dtype != "f32" {
-            bail!("--dtype {dtype}: only f32 is supported so far (bf16 autocast on GPU is planned)");
-        }
+        crate::util::parse_compute_dtype(&dtype)?;
         let batch_size = self.batch_size.unwrap_or(64);
         let accum = self.accum.unwrap_or(1);
         if batch_size == 0 || accum == 0 {

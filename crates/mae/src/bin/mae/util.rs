@@ -52,7 +52,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     };
     match kind {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(index).with_context(|| {
+        "cuda" => cuda_device(index).with_context(|| {
             format!("--device {spec}: no CUDA device (a CUDA build is `cargo xtask build --cuda --bins`)")
         }),
         "metal" => Device::new_metal(index).with_context(|| {
@@ -60,6 +60,46 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         }),
         _ => bail!("--device {spec}: expected cpu, cuda, cuda:N or metal"),
     }
+}
+
+/// One candle device per GPU for the whole process: the NCCL communicator and the model must
+/// share the device's stream, and its kernels are loaded once.
+fn cuda_device(index: usize) -> candle_core::Result<Device> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static DEVICES: Mutex<Option<HashMap<usize, Device>>> = Mutex::new(None);
+    let mut devices = DEVICES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let devices = devices.get_or_insert_with(HashMap::new);
+    if let Some(device) = devices.get(&index) {
+        return Ok(device.clone());
+    }
+    let device = Device::new_cuda(index)?;
+    devices.insert(index, device.clone());
+    Ok(device)
+}
+
+/// `--dtype`: `f32` (no mixed precision) or `bf16` (matrix products in bf16, weights and
+/// optimizer state in f32: see `MaskedAutoencoder::set_compute_dtype`).
+pub fn parse_compute_dtype(spec: &str) -> Result<Option<candle_core::DType>> {
+    match spec {
+        "f32" => Ok(None),
+        "bf16" => Ok(Some(candle_core::DType::BF16)),
+        "f16" => bail!(
+            "--dtype f16: not supported (fp16 training needs loss scaling; use bf16, which has f32's range)"
+        ),
+        _ => bail!("--dtype {spec}: expected f32 or bf16"),
+    }
+}
+
+/// The `--dtype` of a run on `device`, with a warning where it will not pay.
+pub fn compute_dtype_for(spec: &str, device: &Device) -> Result<Option<candle_core::DType>> {
+    let dtype = parse_compute_dtype(spec)?;
+    if dtype.is_some() && device.is_cpu() {
+        tracing::warn!(
+            "--dtype {spec} on the CPU: correct but slower than f32 (no bf16 matrix units used here)"
+        );
+    }
+    Ok(dtype)
 }
 
 /// Where the weights of `--weights PATH` are: a weights file, a Hugging Face directory, a
