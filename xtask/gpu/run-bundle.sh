@@ -7,9 +7,10 @@
 #   STAGES="test nccl" bash xtask/gpu/run-bundle.sh
 #
 # Stages: info, test (the parity / mixed-precision / NCCL tests with MAE_TEST_DEVICE=cuda),
-# bench (`mae bench` f32 and bf16, and PyTorch's step with --compare), nccl (`mae pretrain
-# --devices`), train (a short bf16 pre-training run). The CUDA libraries (cuBLAS, cuRAND, NVRTC,
-# NCCL) are taken from the system or from the `nvidia-*` Python wheels that PyTorch installs.
+# bench (`mae bench` f32 and bf16, and xtask/bench/torch_bench.py unless TORCH=0), nccl (`mae
+# pretrain --devices`), mnist (tiny preset on .gpu-data/mnist, then k-NN), train (the quick start
+# in bf16). The CUDA libraries (cuBLAS, cuRAND, NCCL) are taken from the system or from the
+# `nvidia-*` Python wheels that PyTorch installs.
 set -u
 cd "$(dirname "$0")/../.."
 B=.gpu-bundle
@@ -66,7 +67,7 @@ if stage bench; then
             ours=$("$B/mae" bench --preset "$2" --batch-size "$3" --steps 10 --device cuda --dtype "$dtype" --json)
             echo "$ours"
             torch=""
-            if [ -f xtask/bench/torch_bench.py ]; then
+            if [ "${TORCH:-1}" = 1 ] && [ -f xtask/bench/torch_bench.py ]; then
                 torch=$(python3 xtask/bench/torch_bench.py --preset "$2" --batch-size "$3" --steps 10 --warmup 3 \
                         --device cuda --dtype "$dtype" 2>"$RUNS/torch_err.txt" | tail -1)
                 echo "${torch:-PyTorch failed: $(tail -3 "$RUNS/torch_err.txt")}"

@@ -5,6 +5,13 @@
 //! The update is PyTorch's `torch.optim.AdamW`:
 //! `p -= lr * wd * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;`
 //! `p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`.
+//!
+//! On a GPU the update runs *fused* ([`AdamW::set_fused`]): the parameters of a group (same
+//! weight decay and lr scale) are updated as one flat buffer, as `torch.optim`'s multi-tensor
+//! path does. Per tensor, the update is a dozen tiny element-wise kernels, and ~150 tensors make
+//! the launches, not the arithmetic, the cost (23-45 ms a step on an H200, measured). Fused, it
+//! is a copy in, a dozen kernels per group, and a copy out. Both paths apply the same
+//! element-wise operations in the same order, so they give bit-identical weights (tested).
 
 use std::collections::HashMap;
 
@@ -53,6 +60,16 @@ struct Slot {
     var: Var,
     decay: bool,
     lr_scale: f64,
+    /// The moments while not fused (empty while a [`FusedGroup`] holds them).
+    m: Tensor,
+    v: Tensor,
+}
+
+/// Parameters with the same options, their moments as flat buffers in the slots' order.
+struct FusedGroup {
+    members: Vec<usize>,
+    decay: bool,
+    lr_scale: f64,
     m: Tensor,
     v: Tensor,
 }
@@ -61,6 +78,7 @@ pub struct AdamW {
     config: AdamWConfig,
     slots: Vec<Slot>,
     step: u64,
+    fused: Option<Vec<FusedGroup>>,
 }
 
 impl AdamW {
@@ -84,7 +102,58 @@ impl AdamW {
                 Ok(Slot { name, var, decay, lr_scale, m, v })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, slots, step: 0 })
+        let on_gpu = slots.first().is_some_and(|s| !s.var.device().is_cpu());
+        let mut opt = Self { config, slots, step: 0, fused: None };
+        // On the CPU the per-tensor update is as fast and needs no flat copies.
+        opt.set_fused(on_gpu)?;
+        Ok(opt)
+    }
+
+    /// Whether updates run on flat per-group buffers (the default on a GPU) or per tensor (the
+    /// default on the CPU). The weights and the state are the same either way.
+    pub fn set_fused(&mut self, fused: bool) -> Result<()> {
+        match (fused, self.fused.take()) {
+            (true, None) => {
+                let mut groups: Vec<FusedGroup> = Vec::new();
+                for (i, slot) in self.slots.iter().enumerate() {
+                    let same = |g: &&mut FusedGroup| g.decay == slot.decay && g.lr_scale == slot.lr_scale;
+                    match groups.iter_mut().find(same) {
+                        Some(g) => g.members.push(i),
+                        None => groups.push(FusedGroup {
+                            members: vec![i],
+                            decay: slot.decay,
+                            lr_scale: slot.lr_scale,
+                            m: Tensor::zeros(0, slot.m.dtype(), slot.m.device())?,
+                            v: Tensor::zeros(0, slot.v.dtype(), slot.v.device())?,
+                        }),
+                    }
+                }
+                for g in &mut groups {
+                    g.m = flat(g.members.iter().map(|&i| &self.slots[i].m))?;
+                    g.v = flat(g.members.iter().map(|&i| &self.slots[i].v))?;
+                    for &i in &g.members {
+                        let slot = &mut self.slots[i];
+                        slot.m = Tensor::zeros(0, slot.m.dtype(), slot.m.device())?;
+                        slot.v = slot.m.clone();
+                    }
+                }
+                self.fused = Some(groups);
+            }
+            (false, Some(groups)) => {
+                for g in &groups {
+                    for (kind, buffer) in [("m", &g.m), ("v", &g.v)] {
+                        for (&i, part) in g.members.iter().zip(unflatten(buffer, &g.members, &self.slots)?) {
+                            match kind {
+                                "m" => self.slots[i].m = part,
+                                _ => self.slots[i].v = part,
+                            }
+                        }
+                    }
+                }
+            }
+            (_, groups) => self.fused = groups,
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -123,6 +192,23 @@ impl AdamW {
         let c = self.config;
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        if let Some(groups) = &mut self.fused {
+            for g in groups.iter_mut() {
+                let lr = lr * g.lr_scale;
+                let grad = flat(g.members.iter().map(|&i| &grads[i]))?.to_dtype(g.m.dtype())?;
+                let p = flat(g.members.iter().map(|&i| self.slots[i].var.as_tensor()))?;
+                // The same operations, in the same order, as the per-tensor path below.
+                g.m = ((&g.m * c.beta1)? + (&grad * (1.0 - c.beta1))?)?;
+                g.v = ((&g.v * c.beta2)? + (grad.sqr()? * (1.0 - c.beta2))?)?;
+                let update = ((&g.m / bc1)? / ((&g.v / bc2)?.sqrt()? + c.eps)?)?;
+                let decayed = if g.decay { (p * (1.0 - lr * c.weight_decay))? } else { p };
+                let updated = (decayed - (update * lr)?)?;
+                for (&i, part) in g.members.iter().zip(unflatten(&updated, &g.members, &self.slots)?) {
+                    self.slots[i].var.set(&part)?;
+                }
+            }
+            return Ok(());
+        }
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let lr = lr * slot.lr_scale;
             let g = g.to_dtype(slot.m.dtype())?;
@@ -139,15 +225,32 @@ impl AdamW {
     /// Moments as named tensors (`m.<name>`, `v.<name>`), for a checkpoint.
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
-        for s in &self.slots {
-            out.insert(format!("m.{}", s.name), s.m.clone());
-            out.insert(format!("v.{}", s.name), s.v.clone());
+        match &self.fused {
+            None => {
+                for s in &self.slots {
+                    out.insert(format!("m.{}", s.name), s.m.clone());
+                    out.insert(format!("v.{}", s.name), s.v.clone());
+                }
+            }
+            Some(groups) => {
+                for g in groups {
+                    for (kind, buffer) in [("m", &g.m), ("v", &g.v)] {
+                        // Shapes are the slots' own, checked when the group was built.
+                        let parts = unflatten(buffer, &g.members, &self.slots).unwrap_or_default();
+                        for (&i, part) in g.members.iter().zip(parts) {
+                            out.insert(format!("{kind}.{}", self.slots[i].name), part);
+                        }
+                    }
+                }
+            }
         }
         out
     }
 
     /// Restores the moments and the step from [`AdamW::state_tensors`]; `source` names the file.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64, source: &str) -> Result<()> {
+        let fused = self.fused.is_some();
+        self.set_fused(false)?;
         for s in &mut self.slots {
             for (kind, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let key = format!("{kind}.{}", s.name);
@@ -168,8 +271,29 @@ impl AdamW {
             }
         }
         self.step = step;
-        Ok(())
+        self.set_fused(fused)
     }
+}
+
+/// The concatenation of `tensors`, flattened: one buffer for a fused group.
+fn flat<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Result<Tensor> {
+    let parts = tensors.map(|t| t.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// A group's flat buffer cut back into tensors of its members' shapes (views, no copies).
+fn unflatten(buffer: &Tensor, members: &[usize], slots: &[Slot]) -> Result<Vec<Tensor>> {
+    let mut offset = 0;
+    members
+        .iter()
+        .map(|&i| {
+            let shape = slots[i].var.shape();
+            let n = shape.elem_count();
+            let part = buffer.narrow(0, offset, n)?.reshape(shape)?;
+            offset += n;
+            Ok(part)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -192,6 +316,61 @@ mod tests {
         assert!((w1[0][1] - expect(-2.0, 0.2, 0.05)).abs() < 1e-6);
         assert!((b.as_tensor().to_vec1::<f32>()?[0] - expect(0.5, 1.0, 0.0)).abs() < 1e-6);
         assert_eq!(opt.groups(), (vec!["w"], vec!["l.bias"]));
+        Ok(())
+    }
+
+    /// Three steps, fused and per tensor, from the same start: bit-identical weights and state,
+    /// also across a switch in the middle (a checkpoint written by one path resumes in the other).
+    #[test]
+    fn fused_updates_are_bit_identical_to_per_tensor_ones() -> Result<()> {
+        let dev = Device::Cpu;
+        let make = || -> Result<Vec<(String, Var)>> {
+            Ok(vec![
+                (
+                    "a.weight".into(),
+                    Var::from_tensor(&Tensor::new(&[[1.0f32, -2.0, 0.3], [0.7, 0.1, -0.9]], &dev)?)?,
+                ),
+                ("a.bias".into(), Var::from_tensor(&Tensor::new(&[0.5f32, -0.25], &dev)?)?),
+                ("b.weight".into(), Var::from_tensor(&Tensor::new(&[[0.2f32], [-1.5]], &dev)?)?),
+            ])
+        };
+        let scale = |n: &str, v: &Var| ParamOptions {
+            lr_scale: if n.starts_with('a') { 0.5 } else { 1.0 },
+            ..ParamOptions::default_for(n, v)
+        };
+        let (plain_vars, fused_vars) = (make()?, make()?);
+        let mut plain = AdamW::with_options(plain_vars.clone(), AdamWConfig::default(), scale)?;
+        let mut fused = AdamW::with_options(fused_vars.clone(), AdamWConfig::default(), scale)?;
+        fused.set_fused(true)?;
+        assert_eq!(fused.fused.as_ref().map(Vec::len), Some(3), "groups: decayed a, a's bias, decayed b");
+        for step in 0..3 {
+            let grads = [
+                Tensor::new(&[[0.1f32, -0.2, 0.05], [0.3, -0.01, 0.2]], &dev)?
+                    .affine(1.0 + step as f64, 0.0)?,
+                Tensor::new(&[1.0f32, -0.5], &dev)?,
+                Tensor::new(&[[0.02f32], [0.4]], &dev)?.affine(-1.0, step as f64 * 0.1)?,
+            ];
+            plain.step(&grads, 0.01)?;
+            fused.step(&grads, 0.01)?;
+            if step == 1 {
+                fused.set_fused(false)?;
+                fused.set_fused(true)?;
+            }
+        }
+        for ((name, p), (_, f)) in plain_vars.iter().zip(&fused_vars) {
+            let (p, f) = (p.flatten_all()?.to_vec1::<f32>()?, f.flatten_all()?.to_vec1::<f32>()?);
+            assert!(p.iter().zip(&f).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: {p:?} vs {f:?}");
+        }
+        let (ps, fs) = (plain.state_tensors(), fused.state_tensors());
+        assert_eq!(ps.len(), fs.len());
+        for (key, t) in &ps {
+            assert_eq!(t.dims(), fs[key].dims(), "{key}");
+            let diff = (t - &fs[key])?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "{key}");
+        }
+        // A fused optimizer loads a per-tensor state and stays fused.
+        fused.load_state(&ps, 3, "test")?;
+        assert!(fused.fused.is_some());
         Ok(())
     }
 
