@@ -402,7 +402,8 @@ fn linear_probe_command_prints_json_and_resumes_exactly_after_a_crash() {
     assert!(!o.status.success(), "the fault aborts the run");
     let resumed =
         json_of(&mae(&["linear-probe", "--resume", "crashed", "--progress", "silent", "--json"], d));
-    assert_eq!(checkpoint_file(&d.join("straight"), 12), checkpoint_file(&d.join("crashed"), 12));
+    let same = checkpoint_file(&d.join("straight"), 12) == checkpoint_file(&d.join("crashed"), 12);
+    assert!(same, "a resumed run ends bit-identical to an uninterrupted one");
     assert_eq!(
         (resumed["top1"].clone(), resumed["test_loss"].clone()),
         (r["top1"].clone(), r["test_loss"].clone())
@@ -462,7 +463,8 @@ fn finetune_command_prints_json_and_resumes_exactly_after_a_crash() {
         .unwrap();
     assert!(!o.status.success(), "the fault aborts the run");
     let resumed = json_of(&mae(&["finetune", "--resume", "crashed", "--progress", "silent", "--json"], d));
-    assert_eq!(checkpoint_file(&d.join("straight"), 4), checkpoint_file(&d.join("crashed"), 4));
+    let same = checkpoint_file(&d.join("straight"), 4) == checkpoint_file(&d.join("crashed"), 4);
+    assert!(same, "a resumed run ends bit-identical to an uninterrupted one");
     assert_eq!(resumed["top1"], r["top1"]);
 }
 
@@ -518,4 +520,19 @@ fn bad_weights_data_and_flags_are_clear_errors() {
         d,
     );
     assert_clean_failure(&o, &["--drop-path"]);
+    let o = mae(
+        &[
+            "finetune",
+            "--preset",
+            "mae-vit-micro-patch4-32",
+            "--train",
+            "synthetic:64",
+            "--test",
+            "synthetic:8",
+            "--hflip",
+            "2",
+        ],
+        d,
+    );
+    assert_clean_failure(&o, &["--hflip 2"]);
 }
