@@ -145,15 +145,19 @@ impl Checkpoint {
     ) -> Result<Self> {
         let mut tensors = HashMap::new();
         let mut header = None;
+        let mut encoder_header = None;
         let mut pickled = false;
         for path in weights {
             let file = read_tensors(path, device)?;
             header = header.or(file.header);
+            encoder_header = encoder_header.or(file.encoder_header);
             pickled |= file.pickled;
             tensors.extend(file.tensors);
         }
-        let json = match (&header, config_json) {
-            (None, Some(path)) => Some(read_config_json(path)?),
+        let json = match (&header, encoder_header, config_json) {
+            // A `mae finetune` classifier: our names, the encoder's config in the header.
+            (None, Some(vit), _) => Some(ConfigJson::Vit(vit)),
+            (None, None, Some(path)) => Some(read_config_json(path)?),
             _ => None,
         };
         Self::from_raw(tensors, header, json, pickled, source)
@@ -189,9 +193,16 @@ impl Checkpoint {
         };
         let mut ignored = Vec::new();
         let mut unknown = Vec::new();
+        // A classifier fine-tuned by `mae finetune` keeps the encoder's final norm and adds
+        // `fc_norm` + `head` on top: the encoder is intact, and those two are its task head. (timm's
+        // and the paper's average-pool fine-tunes drop the final norm instead: not our ViT.)
+        let final_norm_kept = ours.contains_key("norm.weight");
         for name in unrecognised {
             match naming::classify_unrecognised(&name) {
                 Unrecognised::Head => ignored.push(name),
+                Unrecognised::Unsupported(_) if final_norm_kept && name.starts_with("fc_norm.") => {
+                    ignored.push(name)
+                }
                 Unrecognised::Unsupported(what) => {
                     return Err(MaeError::Weights {
                         origin: source,
@@ -418,6 +429,7 @@ pub fn shard_names(index: &Path) -> Result<Vec<String>> {
 struct FileTensors {
     tensors: HashMap<String, Tensor>,
     header: Option<MaeConfig>,
+    encoder_header: Option<VitConfig>,
     pickled: bool,
 }
 
@@ -429,7 +441,12 @@ fn read_tensors(path: &Path, device: &Device) -> Result<FileTensors> {
         std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(|e| MaeError::io(path, e))?;
     let magic = &magic[..n];
     if magic.starts_with(b"PK\x03\x04") {
-        return Ok(FileTensors { tensors: read_pickle(path)?, header: None, pickled: true });
+        return Ok(FileTensors {
+            tensors: read_pickle(path)?,
+            header: None,
+            encoder_header: None,
+            pickled: true,
+        });
     }
     if magic.first() == Some(&0x80) && magic.get(1).is_some_and(|p| (2..=5).contains(p)) {
         return Err(format_error(
@@ -441,7 +458,8 @@ fn read_tensors(path: &Path, device: &Device) -> Result<FileTensors> {
     }
     let file = WeightsFile::read(path, device)?;
     let header = file.mae_config()?;
-    Ok(FileTensors { tensors: file.tensors, header, pickled: false })
+    let encoder_header = file.classifier_encoder_config()?;
+    Ok(FileTensors { tensors: file.tensors, header, encoder_header, pickled: false })
 }
 
 /// The state dict of a `torch.save` file: under `"model"` (the paper's checkpoints), under

@@ -20,6 +20,8 @@ use crate::model::MaskedAutoencoder;
 /// the only key: safetensors writes header metadata in hash order, and one key keeps saved files
 /// byte-for-byte reproducible.
 pub const CONFIG_METADATA_KEY: &str = "mae_config";
+/// The header key of a classifier written by `mae finetune` (encoder + `fc_norm` + `head`).
+pub const CLASSIFIER_METADATA_KEY: &str = "mae_classifier";
 
 /// Tensors and header metadata of a safetensors file.
 pub struct WeightsFile {
@@ -41,6 +43,18 @@ impl WeightsFile {
         let tensors =
             candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
         Ok(Self { path: path.to_path_buf(), tensors, metadata })
+    }
+
+    /// The encoder's config of a classifier written by `mae finetune` (its
+    /// [`CLASSIFIER_METADATA_KEY`] header holds `{"vit": ..., "num_classes": ..., "pool": ...}`).
+    pub fn classifier_encoder_config(&self) -> Result<Option<mae_vit::VitConfig>> {
+        let Some(json) = self.metadata.get(CLASSIFIER_METADATA_KEY) else { return Ok(None) };
+        let bad =
+            |message: String| MaeError::Format { path: self.path.clone(), what: "mae classifier", message };
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| bad(format!("its `{CLASSIFIER_METADATA_KEY}` header: {e}")))?;
+        let vit = value.get("vit").cloned().ok_or_else(|| bad("its header has no `vit` config".into()))?;
+        serde_json::from_value(vit).map(Some).map_err(|e| bad(format!("its `vit` config: {e}")))
     }
 
     /// Our config, when the file was written by [`MaskedAutoencoder::save`].

@@ -175,7 +175,7 @@ impl Hooks<MaeTask> for PretrainHooks {
         let mut metrics = Vec::new();
         if let Some(knn) = &self.knn {
             if knn.every_epochs > 0 && (epoch + 1).is_multiple_of(knn.every_epochs) {
-                let r = knn_accuracy(&task.model, knn).map_err(model_err)?;
+                let r = knn_accuracy(task.model.encoder(), knn).map_err(model_err)?;
                 metrics.push(("knn_top1".to_string(), r.top1));
             }
         }
@@ -189,13 +189,14 @@ impl Hooks<MaeTask> for PretrainHooks {
 
 /// Pooled encoder features of every sample of `dataset` (eval transform), with labels.
 pub fn extract_features(
-    model: &MaskedAutoencoder,
+    encoder: &mae_vit::VisionTransformer,
     dataset: Arc<dyn Dataset>,
     pool: mae_vit::Pool,
     batch_size: usize,
     workers: usize,
 ) -> Result<(Tensor, Vec<u32>)> {
-    let size = model.config().image_size[0];
+    let size = encoder.config().image_size[0];
+    let device = encoder.pos_embed().device();
     let transform: Arc<dyn Transform> = Arc::new(EvalTransform::new(size));
     let loader = Loader::new(dataset, transform, LoaderConfig { workers, ..LoaderConfig::eval(batch_size) })
         .map_err(|e| MaeError::Config(e.to_string()))?;
@@ -206,7 +207,7 @@ pub fn extract_features(
         if batch.is_empty() {
             continue;
         }
-        let f = model.encoder().features(&batch.images.to_device(model.device())?, pool)?;
+        let f = encoder.features(&batch.images.to_device(device)?, pool)?;
         // Detached: the output would otherwise keep the whole forward graph of the batch alive.
         features.push(f.detach().to_device(&Device::Cpu)?);
         labels.extend(batch.labels.unwrap_or_default());
@@ -239,11 +240,11 @@ pub fn raw_pixels(dataset: Arc<dyn Dataset>, size: usize, workers: usize) -> Res
     Ok((Tensor::cat(&rows, 0)?, labels))
 }
 
-/// k-NN top-1 of the model's features on a monitor's splits.
-pub fn knn_accuracy(model: &MaskedAutoencoder, knn: &KnnMonitor) -> Result<crate::KnnResult> {
+/// k-NN top-1 of an encoder's features on a monitor's splits.
+pub fn knn_accuracy(encoder: &mae_vit::VisionTransformer, knn: &KnnMonitor) -> Result<crate::KnnResult> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (train, train_labels) = extract_features(model, knn.train.clone(), knn.pool, 128, workers)?;
-    let (test, test_labels) = extract_features(model, knn.test.clone(), knn.pool, 128, workers)?;
+    let (train, train_labels) = extract_features(encoder, knn.train.clone(), knn.pool, 128, workers)?;
+    let (test, test_labels) = extract_features(encoder, knn.test.clone(), knn.pool, 128, workers)?;
     let classes = knn.train.class_names().len().max(1);
     crate::knn_classify(&train, &train_labels, &test, &test_labels, classes, knn.k, knn.temperature)
 }

@@ -466,6 +466,23 @@ fn finetune_command_prints_json_and_resumes_exactly_after_a_crash() {
     let same = checkpoint_file(&d.join("straight"), 4) == checkpoint_file(&d.join("crashed"), 4);
     assert!(same, "a resumed run ends bit-identical to an uninterrupted one");
     assert_eq!(resumed["top1"], r["top1"]);
+    // The fine-tuned encoder serves the other commands (its fc_norm + head are left out).
+    let knn = mae(
+        &[
+            "knn",
+            "--weights",
+            "straight",
+            "--train",
+            "synthetic:32",
+            "--test",
+            "synthetic:16@test",
+            "--k",
+            "5",
+            "--json",
+        ],
+        d,
+    );
+    assert!(json_of(&knn)["top1"].as_f64().is_some());
 }
 
 #[test]

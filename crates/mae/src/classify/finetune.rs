@@ -25,7 +25,7 @@ use crate::error::{MaeError, Result};
 pub const DROP_PATH_STREAM: u64 = 0x6472_6f70;
 
 /// safetensors header key of a fine-tuned classifier's [`ClassifierMeta`].
-pub const CLASSIFIER_METADATA_KEY: &str = "mae_classifier";
+pub use crate::io::CLASSIFIER_METADATA_KEY;
 
 fn model_err(e: impl std::fmt::Display) -> TrainError {
     TrainError::Model(e.to_string())

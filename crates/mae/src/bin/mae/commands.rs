@@ -109,10 +109,10 @@ fn workers() -> usize {
 
 pub fn embed(args: EmbedArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
-    let model = util::load_model(&args.weights, &device)?;
-    let dataset = open_data(&args.data, "--data", model.config().image_size[0])?;
+    let encoder = util::load_encoder(&args.weights, &device)?;
+    let dataset = open_data(&args.data, "--data", encoder.config().image_size[0])?;
     let (features, labels) = mae::pretrain::extract_features(
-        &model,
+        &encoder,
         dataset,
         parse_pool(&args.pool)?,
         args.batch_size,
@@ -163,14 +163,15 @@ pub struct KnnArgs {
 
 pub fn knn(args: KnnArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
-    let model = match (&args.weights, &args.preset) {
-        (Some(w), _) => util::load_model(w, &device)?,
+    let encoder = match (&args.weights, &args.preset) {
+        (Some(w), _) => util::load_encoder(w, &device)?,
         (None, Some(p)) => {
-            MaskedAutoencoder::new(&MaeConfig::preset(p).context("--preset")?, args.seed, &device)?
+            let config = MaeConfig::preset(p).context("--preset")?;
+            MaskedAutoencoder::new(&config, args.seed, &device)?.encoder().clone()
         }
         (None, None) => bail!("give --weights or --preset"),
     };
-    let size = model.config().image_size[0];
+    let size = encoder.config().image_size[0];
     let train = open_data(&args.train, "--train", size)?;
     let test = open_data(&args.test, "--test", size)?;
     if train.class_names().is_empty() {
@@ -190,7 +191,7 @@ pub fn knn(args: KnnArgs) -> Result<()> {
         let classes = monitor.train.class_names().len();
         mae::knn_classify(&train, &train_labels, &test, &test_labels, classes, args.k, args.temperature)?
     } else {
-        mae::pretrain::knn_accuracy(&model, &monitor)?
+        mae::pretrain::knn_accuracy(&encoder, &monitor)?
     };
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
