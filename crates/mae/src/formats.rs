@@ -155,8 +155,8 @@ impl Checkpoint {
             tensors.extend(file.tensors);
         }
         let json = match (&header, encoder_header, config_json) {
-            // A `mae finetune` classifier: our names, the encoder's config in the header.
-            (None, Some(vit), _) => Some(ConfigJson::Vit(vit)),
+            // A `mae finetune` classifier: our encoder names (timm's), its config in the header.
+            (None, Some(vit), _) => Some(ConfigJson::Timm(vit)),
             (None, None, Some(path)) => Some(read_config_json(path)?),
             _ => None,
         };

@@ -483,6 +483,12 @@ fn finetune_command_prints_json_and_resumes_exactly_after_a_crash() {
         d,
     );
     assert!(json_of(&knn)["top1"].as_f64().is_some());
+    let info = mae(&["info", "--weights", "straight"], d);
+    assert!(
+        info.status.success() && String::from_utf8_lossy(&info.stdout).contains("(encoder only)"),
+        "{}",
+        stderr(&info)
+    );
 }
 
 #[test]

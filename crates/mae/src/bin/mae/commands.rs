@@ -242,13 +242,20 @@ pub fn info(args: InfoArgs) -> Result<()> {
     }
     let Some(weights) = args.weights else { bail!("give --weights or --presets") };
     let resolved = util::resolve_weights(&weights)?;
-    let model = util::load_model(&weights, &Device::Cpu)?;
-    println!("weights: {}", resolved.display());
-    println!(
-        "parameters: {} ({:.2}M trainable)",
-        model.num_parameters(),
-        model.num_parameters() as f64 / 1e6
-    );
+    // A whole MAE, or else an encoder alone (timm, HF ViT, a `mae finetune` classifier).
+    let (parameters, config, what) = match util::load_model(&weights, &Device::Cpu) {
+        Ok(model) => {
+            (model.num_parameters(), serde_json::to_value(model.config())?, "MAE (encoder + decoder)")
+        }
+        Err(whole) => match mae::Encoder::from_pretrained(&resolved, &Device::Cpu) {
+            Ok(encoder) => {
+                (encoder.num_parameters(), serde_json::to_value(encoder.config())?, "encoder only")
+            }
+            Err(_) => return Err(whole),
+        },
+    };
+    println!("weights: {} ({what})", resolved.display());
+    println!("parameters: {parameters} ({:.2}M trainable)", parameters as f64 / 1e6);
     if let Some(dir) = resolved.parent().filter(|d| d.join("state.json").is_file()) {
         let state = mae_train::read_state(dir)?;
         println!(
@@ -256,7 +263,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
             state.step, state.epoch, state.seed, state.written_by
         );
     }
-    println!("config: {}", serde_json::to_string_pretty(model.config())?);
+    println!("config: {}", serde_json::to_string_pretty(&config)?);
     Ok(())
 }
 

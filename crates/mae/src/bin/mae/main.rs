@@ -60,6 +60,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`mae info | head`) panics; restore
+    // the default: the process ends quietly, as `cat` would.
+    #[cfg(unix)]
+    // SAFETY: first thing in main, before any other thread; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     util::init_logging();
     util::default_cpu_threads();
     let cli = Cli::parse();
