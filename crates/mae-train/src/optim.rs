@@ -141,13 +141,10 @@ impl AdamW {
             }
             (false, Some(groups)) => {
                 for g in &groups {
-                    for (kind, buffer) in [("m", &g.m), ("v", &g.v)] {
-                        for (&i, part) in g.members.iter().zip(unflatten(buffer, &g.members, &self.slots)?) {
-                            match kind {
-                                "m" => self.slots[i].m = part,
-                                _ => self.slots[i].v = part,
-                            }
-                        }
+                    let ms = unflatten(&g.m, &g.members, &self.slots)?;
+                    let vs = unflatten(&g.v, &g.members, &self.slots)?;
+                    for ((&i, m), v) in g.members.iter().zip(ms).zip(vs) {
+                        (self.slots[i].m, self.slots[i].v) = (m, v);
                     }
                 }
             }

@@ -448,10 +448,7 @@ impl Start {
 /// `mae pretrain` and `mae knn --preset` with that seed).
 fn load_encoder(settings: &Settings, device: &Device) -> Result<Encoder> {
     match (&settings.weights, &settings.preset) {
-        (Some(w), _) => {
-            let resolved = util::resolve_weights(w)?;
-            Encoder::from_pretrained(&resolved, device).with_context(|| format!("--weights {}", w.display()))
-        }
+        (Some(w), _) => util::load_encoder(w, device),
         (None, Some(p)) => {
             let config = MaeConfig::preset(p).with_context(|| format!("--preset {p}"))?;
             let model = MaskedAutoencoder::new(&config, settings.seed, device)?;

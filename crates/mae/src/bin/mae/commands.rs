@@ -109,7 +109,7 @@ fn workers() -> usize {
 
 pub fn embed(args: EmbedArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
-    let encoder = util::load_encoder(&args.weights, &device)?;
+    let encoder = util::load_encoder(&args.weights, &device)?.into_parts().1;
     let dataset = open_data(&args.data, "--data", encoder.config().image_size[0])?;
     let (features, labels) = mae::pretrain::extract_features(
         &encoder,
@@ -164,7 +164,7 @@ pub struct KnnArgs {
 pub fn knn(args: KnnArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
     let encoder = match (&args.weights, &args.preset) {
-        (Some(w), _) => util::load_encoder(w, &device)?,
+        (Some(w), _) => util::load_encoder(w, &device)?.into_parts().1,
         (None, Some(p)) => {
             let config = MaeConfig::preset(p).context("--preset")?;
             MaskedAutoencoder::new(&config, args.seed, &device)?.encoder().clone()

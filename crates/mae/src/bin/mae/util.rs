@@ -80,11 +80,10 @@ fn cuda_device(index: usize) -> candle_core::Result<Device> {
 
 /// The encoder of `--weights` alone: anything `load_model` reads, and encoder-only weights
 /// (timm's MAE tags, Hugging Face ViT, the paper's `mae_pretrain_*.pth`, a `mae finetune` run).
-pub fn load_encoder(weights: &Path, device: &Device) -> Result<mae_vit::VisionTransformer> {
+pub fn load_encoder(weights: &Path, device: &Device) -> Result<mae::Encoder> {
     let resolved = resolve_weights(weights)?;
-    let encoder = mae::Encoder::from_pretrained(&resolved, device)
-        .with_context(|| format!("--weights {}", weights.display()))?;
-    Ok(encoder.vit().clone())
+    mae::Encoder::from_pretrained(&resolved, device)
+        .with_context(|| format!("--weights {}", weights.display()))
 }
 
 /// `--dtype`: `f32` (no mixed precision) or `bf16` (matrix products in bf16, weights and
