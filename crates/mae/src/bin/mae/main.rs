@@ -107,18 +107,21 @@ fn pretrain_in_world(args: settings::PretrainArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let relaunch =
-        if std::env::var_os("MAE_NCCL_ID").is_some() { "the same --devices and" } else { "`mpirun -np N`" };
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| pretrain::run(args, world.clone())))
         .unwrap_or_else(|_| Err(anyhow::anyhow!("a panic (reported above)")));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if world.world_size() > 1 => {
             let (rank, size) = (world.rank(), world.world_size());
+            let relaunch = if std::env::var_os("MAE_NCCL_ID").is_some() {
+                "`mae pretrain --devices ... --resume RUN_DIR` (the same GPUs)".to_string()
+            } else {
+                format!("`mpirun -np {size} mae pretrain --resume RUN_DIR`")
+            };
             eprintln!("error (rank {rank} of {size}): {e:#}");
             eprintln!(
                 "mae: rank {rank} failed: stopping all {size} processes. The newest complete checkpoint \
-                 stays valid; continue with {relaunch} `mae pretrain --resume RUN_DIR`"
+                 stays valid; continue with {relaunch}"
             );
             world.abort(1)
         }
