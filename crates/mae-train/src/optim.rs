@@ -220,7 +220,7 @@ impl AdamW {
     }
 
     /// Moments as named tensors (`m.<name>`, `v.<name>`), for a checkpoint.
-    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         match &self.fused {
             None => {
@@ -231,17 +231,16 @@ impl AdamW {
             }
             Some(groups) => {
                 for g in groups {
-                    for (kind, buffer) in [("m", &g.m), ("v", &g.v)] {
-                        // Shapes are the slots' own, checked when the group was built.
-                        let parts = unflatten(buffer, &g.members, &self.slots).unwrap_or_default();
-                        for (&i, part) in g.members.iter().zip(parts) {
-                            out.insert(format!("{kind}.{}", self.slots[i].name), part);
-                        }
+                    let ms = unflatten(&g.m, &g.members, &self.slots)?;
+                    let vs = unflatten(&g.v, &g.members, &self.slots)?;
+                    for ((&i, m), v) in g.members.iter().zip(ms).zip(vs) {
+                        out.insert(format!("m.{}", self.slots[i].name), m);
+                        out.insert(format!("v.{}", self.slots[i].name), v);
                     }
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Restores the moments and the step from [`AdamW::state_tensors`]; `source` names the file.
@@ -358,7 +357,7 @@ mod tests {
             let (p, f) = (p.flatten_all()?.to_vec1::<f32>()?, f.flatten_all()?.to_vec1::<f32>()?);
             assert!(p.iter().zip(&f).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: {p:?} vs {f:?}");
         }
-        let (ps, fs) = (plain.state_tensors(), fused.state_tensors());
+        let (ps, fs) = (plain.state_tensors()?, fused.state_tensors()?);
         assert_eq!(ps.len(), fs.len());
         for (key, t) in &ps {
             assert_eq!(t.dims(), fs[key].dims(), "{key}");

@@ -295,8 +295,11 @@ impl<M: Trainable> Trainer<M> {
     fn save_checkpoint(&mut self, recent_loss: Option<f64>) -> Result<PathBuf> {
         self.state.recent_loss = recent_loss;
         let model = &self.model;
-        let dir =
-            self.checkpoints.save(&self.state, |p| model.save_weights(p), &self.optimizer.state_tensors())?;
+        let dir = self.checkpoints.save(
+            &self.state,
+            |p| model.save_weights(p),
+            &self.optimizer.state_tensors()?,
+        )?;
         if let Some(loss) = recent_loss.filter(|l| *l < self.best_loss) {
             self.best_loss = loss;
             self.checkpoints.mark_best(&dir)?;
