@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::nccl::{Comm, Id, ReduceOp};
-use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::cuda_backend::CudaStorage;
 use candle_core::{CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use super::Collective;
@@ -83,7 +83,8 @@ fn decode_id(hex: &str) -> Result<Id> {
 /// NCCL over the CUDA device of this process.
 pub struct NcclCollective {
     comm: Arc<Comm>,
-    device: CudaDevice,
+    /// The CUDA device of this rank (its stream is the communicator's).
+    device: Device,
     rank: usize,
     world_size: usize,
 }
@@ -107,14 +108,14 @@ impl NcclCollective {
             .map_err(|e| nccl_error("ncclCommInitRank", e))?;
         Ok(Self {
             comm: Arc::new(comm),
-            device: cuda.clone(),
+            device: device.clone(),
             rank: launch.rank,
             world_size: launch.world_size,
         })
     }
 
     fn run(&self, tensor: &Tensor, op: NcclOp) -> Result<Tensor> {
-        let tensor = tensor.to_device(&Device::Cuda(self.device.clone()))?.contiguous()?;
+        let tensor = tensor.to_device(&self.device)?.contiguous()?;
         Ok(tensor.apply_op1_no_bwd(&NcclTensorOp { comm: self.comm.clone(), op })?)
     }
 }
@@ -137,8 +138,8 @@ impl Collective for NcclCollective {
         self.run(tensor, NcclOp::AllReduceSum)
     }
     fn all_reduce_sum_host(&self, values: &mut [f64]) -> Result<()> {
-        let device = Device::Cuda(self.device.clone());
-        let summed = self.run(&Tensor::from_slice(values, values.len(), &device)?, NcclOp::AllReduceSum)?;
+        let summed =
+            self.run(&Tensor::from_slice(values, values.len(), &self.device)?, NcclOp::AllReduceSum)?;
         values.copy_from_slice(&summed.to_vec1::<f64>()?);
         Ok(())
     }
@@ -146,19 +147,18 @@ impl Collective for NcclCollective {
         self.run(tensor, NcclOp::Broadcast { root })
     }
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
-        let device = Device::Cuda(self.device.clone());
-        let len = Tensor::new(&[bytes.len() as i64], &device)?;
+        let device = &self.device;
+        let len = Tensor::new(&[bytes.len() as i64], device)?;
         let len = self.run(&len, NcclOp::Broadcast { root })?.to_vec1::<i64>()?[0] as usize;
         bytes.resize(len, 0);
         if len > 0 {
-            let data = Tensor::from_slice(bytes.as_slice(), len, &device)?;
+            let data = Tensor::from_slice(bytes.as_slice(), len, device)?;
             *bytes = self.run(&data, NcclOp::Broadcast { root })?.to_vec1::<u8>()?;
         }
         Ok(())
     }
     fn barrier(&self) -> Result<()> {
-        let device = Device::Cuda(self.device.clone());
-        self.run(&Tensor::zeros(1, DType::F32, &device)?, NcclOp::AllReduceSum)?.to_vec1::<f32>()?;
+        self.run(&Tensor::zeros(1, DType::F32, &self.device)?, NcclOp::AllReduceSum)?.to_vec1::<f32>()?;
         Ok(())
     }
     /// Exits: NCCL has no job-wide abort, so the launcher (`mae pretrain --devices`, `mpirun`)
