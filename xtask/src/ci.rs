@@ -19,7 +19,7 @@ STEPS (stops at the first failure, naming the step, with a non-zero exit):
     4. clippy-mpi       cargo clippy -p mae-train -p mae --all-targets --features mpi -- -D warnings
     5. test    cargo test --workspace [<extra args>]
     6. test-features    cargo test -p mae-data --features hf
-    7. test-mpi         cargo test -p mae --features mpi --test distributed
+    7. test-mpi         cargo test -p mae --features mpi --test it distributed::
 
 The `mpi` steps need an MPI library and libclang (Debian: apt-get install openmpi-bin
 libopenmpi-dev libclang-dev; .ci/run installs them), and test-mpi runs `mpirun -np 2`.
@@ -84,7 +84,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
         ("test-features", svec(&["test", "-p", "mae-data", "--features", "hf"])),
         // Two MPI ranks train like one process with the global batch; a failing rank stops the
         // job and the run resumes (runs `mpirun -np 2`).
-        ("test-mpi", svec(&["test", "-p", "mae", "--features", "mpi", "--test", "distributed"])),
+        ("test-mpi", svec(&["test", "-p", "mae", "--features", "mpi", "--test", "it", "distributed::"])),
     ];
 
     let total = steps.len();

@@ -42,8 +42,12 @@ OPTIONS:
     -h, --help          Print this help
 ";
 
-/// The test targets of the mae crate that the GPU check runs (MAE_TEST_DEVICE=cuda).
+/// The modules of the mae crate's test binary `it` that the GPU check runs (MAE_TEST_DEVICE=cuda);
+/// the others start the `mae` binary at its build path, which does not travel.
 pub const GPU_TESTS: [&str; 5] = ["parity_hf", "parity_lightly", "mixed_precision", "gradients", "nccl"];
+
+/// The mae crate's one integration-test binary (crates/mae/tests/it).
+const TEST_BINARY: &str = "it";
 
 /// `(library, soname)` of the stand-ins: what cudarc's dynamic linking asks for, CUDA 13.
 const STUBS: [(&str, &str); 7] = [
@@ -110,9 +114,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
         "--no-run",
         "--message-format=json",
     ]);
-    for t in GPU_TESTS {
-        cmd.args(["--test", t]);
-    }
+    cmd.args(["--test", TEST_BINARY]);
     let output = cmd
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -124,12 +126,14 @@ pub fn main(argv: Vec<String>) -> Result<()> {
 
     std::fs::create_dir_all(out.join("tests")).or_else(|e| fail(format!("{}: {e}", out.display())))?;
     copy(&root.join("target/cuda/release/mae"), &out.join("mae"))?;
-    for t in GPU_TESTS {
-        let Some(exe) = tests.iter().find(|(name, _)| name == t).map(|(_, p)| p) else {
-            return fail(format!("cargo did not report the test binary `{t}`"));
-        };
-        copy(Path::new(exe), &out.join("tests").join(t))?;
-    }
+    let Some(exe) = tests.iter().find(|(name, _)| name == TEST_BINARY).map(|(_, p)| p) else {
+        return fail(format!("cargo did not report the test binary `{TEST_BINARY}`"));
+    };
+    copy(Path::new(exe), &out.join("tests").join(TEST_BINARY))?;
+    // run-bundle.sh runs the binary once per module listed here (a filter `module::` each).
+    let modules: String = GPU_TESTS.iter().map(|m| format!("{m}\n")).collect();
+    std::fs::write(out.join("tests/modules.txt"), modules)
+        .or_else(|e| fail(format!("{}: {e}", out.display())))?;
     if pack {
         let archive = out.with_extension("tar.xz");
         println!("\n==> pack {}", util::rel(&root, &archive));

@@ -3,14 +3,12 @@
 //! the reference loss; offline misses are clear errors; the environment (`HF_HUB_CACHE`,
 //! `HF_HUB_OFFLINE`) is honoured (checked in a child process, since the environment is global).
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::*;
 use candle_core::Device;
-use common::*;
 use mae::{Checkpoint, Encoder, Format, Hub, MaskedAutoencoder, RepoId};
 
 const REPO: &str = "mae-test/hf-tiny-a";
@@ -199,7 +197,7 @@ fn from_pretrained_honours_hf_hub_cache_and_hf_hub_offline() {
     let cache = tempfile::tempdir().unwrap();
     make_cache(cache.path(), REPO, &tiny_a_files());
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "environment_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["--exact", "hub::environment_child", "--ignored", "--nocapture", "--test-threads=1"])
         .env("MAE_HUB_TEST_CHILD", "1")
         .env("HF_HUB_CACHE", cache.path())
         .env("HF_HOME", cache.path().join("not-this-one"))

@@ -3,14 +3,12 @@
 //! load; shapes that do not fit, unsupported variants and missing decoders are errors naming
 //! the tensor.
 
-mod common;
-
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
+use crate::common::*;
 use candle_core::{Device, Tensor};
-use common::*;
 use mae::{
     Checkpoint, Encoder, ExportFormat, Format, Hub, MaeConfig, MaeError, MaskedAutoencoder, PosEmbed,
     StackShape,

@@ -1,7 +1,6 @@
 //! Saving and loading weights: round trips, and clear errors for files that do not fit.
 
-mod common;
-
+use crate::common;
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};

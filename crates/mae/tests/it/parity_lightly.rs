@@ -2,10 +2,8 @@
 //! `MAEDecoderTIMM`), given the same kept/masked token indices: encoder output and predictions
 //! within 1e-5 relative, and the same MSE on masked patches.
 
-mod common;
-
+use crate::common::*;
 use candle_core::{Device, Tensor};
-use common::*;
 use mae::MaskPlan;
 
 /// lightly's indices are in token space (cls = 0); ours count patches from 0.

@@ -3,10 +3,8 @@
 //! `xtask/fixtures/make_fixtures.py`; tolerances are relative to the reference's largest value:
 //! 1e-5 for loss and logits, 1e-4 for gradients.
 
-mod common;
-
+use crate::common::*;
 use candle_core::{DType, Device, IndexOp};
-use common::*;
 use mae::MaskedAutoencoder;
 
 fn check_case(name: &str) {

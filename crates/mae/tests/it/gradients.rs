@@ -2,8 +2,7 @@
 //! depth. This guards against ops without a backward (candle's fused LayerNorm, softmax, sdpa):
 //! with them training "works" while most weights never move.
 
-mod common;
-
+use crate::common;
 use mae::{MaeConfig, MaskedAutoencoder, PRESETS};
 use rand::SeedableRng;
 

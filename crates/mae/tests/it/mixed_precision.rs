@@ -6,10 +6,8 @@
 //! Runs on the CPU here; `MAE_TEST_DEVICE=cuda` runs the same checks on a GPU (the prepared
 //! GPU check, `cargo xtask gpu-check`, does).
 
-mod common;
-
+use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use common::*;
 
 fn flat_gradients(model: &mae::MaskedAutoencoder, loss: &Tensor) -> Tensor {
     let grads = loss.backward().unwrap();
