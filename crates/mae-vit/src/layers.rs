@@ -1,10 +1,15 @@
 //! Transformer building blocks shared by the encoder and the decoder, in timm's names
 //! (`norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`).
 //!
-//! Every op here has a real backward in candle: candle-nn 0.11's fused `LayerNorm`,
-//! `softmax_last_dim` and `sdpa` do not, and gradients would silently stop there.
+//! Every op here has a real backward: candle-nn 0.11's fused `LayerNorm`, `softmax_last_dim` and
+//! `sdpa` do not, and gradients would silently stop there. LayerNorm, softmax, GELU and the bias
+//! add run on our CPU kernels with their own backward ([`crate::fused`]), composed candle ops
+//! elsewhere.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
+
+use crate::fused;
+pub use crate::fused::softmax_last_dim;
 use candle_nn::VarBuilder;
 
 /// Mixed precision the way PyTorch's autocast does it: the weights (and the optimizer state)
@@ -58,7 +63,7 @@ impl Module for Linear {
         let weight = cast_for_compute(&self.weight, self.compute)?;
         let y = lhs.matmul(&weight.t()?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(&cast_for_compute(b, self.compute)?)?,
+            Some(b) => fused::add_bias(&y, &cast_for_compute(b, self.compute)?)?,
             None => y,
         };
         let mut out_dims = dims.to_vec();
@@ -74,7 +79,7 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
     Ok(Linear::new(weight, bias))
 }
 
-/// LayerNorm over the last dimension, composed of differentiable ops.
+/// LayerNorm over the last dimension ([`fused::layer_norm`]).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -90,22 +95,8 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        centered
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        fused::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
-}
-
-/// Softmax over the last dimension with a real backward. The max is a constant shift (softmax is
-/// invariant to it), so it is detached: same value, same gradient, less graph.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let exp = x.broadcast_sub(&max)?.exp()?;
-    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
 }
 
 /// Multi-head self-attention with a fused `qkv` projection (rows ordered q, k, v).
@@ -182,7 +173,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        self.fc2.forward(&fused::gelu_erf(&self.fc1.forward(x)?)?)
     }
 }
 

@@ -5,6 +5,7 @@
 //! decoder reuses.
 
 mod config;
+pub mod fused;
 pub mod layers;
 mod vit;
 

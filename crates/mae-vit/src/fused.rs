@@ -1,0 +1,566 @@
+//! CPU kernels, with their own backward, for the ops that candle composes slowly: LayerNorm,
+//! softmax, exact GELU and the bias add of a linear layer.
+//!
+//! Composed of candle ops, each of these is a chain of element-wise ops on one thread, and its
+//! backward sums gradients over broadcast dimensions with candle's strided `sum_keepdim` (a
+//! division and a modulo per element): together about a third of a CPU training step. Here
+//! each is one pass over rows on rayon's pool (the one gemm uses), forward and backward.
+//!
+//! Every function falls back to the composed ops ([`composed`]) where a kernel does not apply:
+//! other devices (candle's CUDA and Metal kernels run the composed ops), other dtypes. Results
+//! agree with the composed ops within f32 rounding (tests below), and are deterministic: the
+//! sums over rows run in fixed chunks, added in order, whatever the number of threads.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows per task of the row-parallel loops, and per partial sum of the column reductions
+/// (a constant, so that the sums do not depend on the thread count).
+const ROWS_PER_CHUNK: usize = 32;
+
+/// Elements per task of the element-wise loops.
+const ELEMS_PER_CHUNK: usize = 1 << 14;
+
+/// True where the kernels here apply: f32 tensors on the CPU, unless `MAE_FUSED_CPU=0` (read
+/// once) asks for candle's composed ops, to compare speed or to rule the kernels out of a bug.
+fn on_cpu_f32(tensors: &[&Tensor]) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("MAE_FUSED_CPU").map_or(true, |v| v.trim() != "0"))
+        && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if !on_cpu_f32(&[x, weight, bias]) {
+        return composed::layer_norm(x, weight, bias, eps);
+    }
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !on_cpu_f32(&[x]) {
+        return composed::softmax_last_dim(x);
+    }
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+/// The exact GELU, `x * Phi(x)` with the normal CDF through erf (timm's and HF's `gelu`).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if !on_cpu_f32(&[x]) {
+        return x.gelu_erf();
+    }
+    x.contiguous()?.apply_op1(Gelu)
+}
+
+/// `y + bias` with `bias` of the last dimension's size, broadcast over the leading ones.
+pub fn add_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if !on_cpu_f32(&[y, bias]) || bias.rank() != 1 {
+        return y.broadcast_add(bias);
+    }
+    y.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+}
+
+/// The same functions composed of candle ops with candle's backward: the fallback, and the
+/// reference the kernels are tested against.
+pub mod composed {
+    use candle_core::{Result, Tensor, D};
+
+    pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        centered.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(weight)?.broadcast_add(bias)
+    }
+
+    /// The max is a constant shift (softmax is invariant to it), so it is detached: same value,
+    /// same gradient, less graph.
+    pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let exp = x.broadcast_sub(&max)?.exp()?;
+        exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plumbing: contiguous f32 slices in, a new f32 tensor out.
+
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+/// The size of the last dimension (the rows' length), checked against a per-column vector.
+fn row_len(layout: &Layout, column_vector: Option<&Layout>, what: &str) -> Result<usize> {
+    let d = layout.dims().last().copied().unwrap_or(1).max(1);
+    if let Some(v) = column_vector {
+        if v.shape().elem_count() != d {
+            candle_core::bail!("{what}: a vector of {} for rows of {d}", v.shape().elem_count())
+        }
+    }
+    Ok(d)
+}
+
+fn output(values: Vec<f32>, shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    Ok((CpuStorage::F32(values), shape.clone()))
+}
+
+/// Column sums of a `[rows, d]` matrix given as row chunks: partial sums per fixed chunk in
+/// parallel, added in order (deterministic). `per_row` adds one row's contribution.
+fn column_sums(rows: usize, width: usize, per_row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let chunks = rows.div_ceil(ROWS_PER_CHUNK);
+    let partials: Vec<Vec<f32>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = vec![0f32; width];
+            for r in c * ROWS_PER_CHUNK..((c + 1) * ROWS_PER_CHUNK).min(rows) {
+                per_row(r, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f32; width];
+    for p in partials {
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    }
+    total
+}
+
+/// Mean and 1/std of one row (sums in f64: rows of a few thousand f32 values lose digits).
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "mae-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(xl, Some(wl), "layer_norm weight")?;
+        row_len(xl, Some(bl), "layer_norm bias")?;
+        let (x, w, b) = (slice(xs, xl, "layer_norm")?, slice(ws, wl, "weight")?, slice(bs, bl, "bias")?);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROWS_PER_CHUNK).zip(x.par_chunks(d * ROWS_PER_CHUNK)).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                let (mean, rstd) = row_stats(xr, self.eps);
+                for i in 0..d {
+                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+                }
+            }
+        });
+        output(y, xl.shape())
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = x.apply_op3_no_bwd(weight, &grad, &LayerNormGradInput { eps: self.eps })?;
+        let dwb = x.apply_op2_no_bwd(&grad, &LayerNormGradParams { eps: self.eps })?;
+        Ok((Some(dx), Some(dwb.get(0)?), Some(dwb.get(1)?)))
+    }
+}
+
+/// `dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w * xhat))` per row.
+struct LayerNormGradInput {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGradInput {
+    fn name(&self) -> &'static str {
+        "mae-layer-norm-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(xl, Some(wl), "layer_norm backward")?;
+        let (x, w, g) = (slice(xs, xl, "x")?, slice(ws, wl, "weight")?, slice(gs, gl, "grad")?);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(d * ROWS_PER_CHUNK)
+            .zip(x.par_chunks(d * ROWS_PER_CHUNK).zip(g.par_chunks(d * ROWS_PER_CHUNK)))
+            .for_each(|(dc, (xc, gc))| {
+                let mut gw = vec![0f32; d];
+                for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
+                    for i in 0..d {
+                        gw[i] = gr[i] * w[i];
+                        sum_gw += gw[i] as f64;
+                        sum_gw_xhat += (gw[i] * (xr[i] - mean) * rstd) as f64;
+                    }
+                    let (m1, m2) = ((sum_gw / d as f64) as f32, (sum_gw_xhat / d as f64) as f32);
+                    for i in 0..d {
+                        let xhat = (xr[i] - mean) * rstd;
+                        dr[i] = rstd * (gw[i] - m1 - xhat * m2);
+                    }
+                }
+            });
+        output(dx, xl.shape())
+    }
+}
+
+/// `[2, d]`: the weight's gradient `sum_rows(g * xhat)` and the bias's `sum_rows(g)`.
+struct LayerNormGradParams {
+    eps: f32,
+}
+
+impl CustomOp2 for LayerNormGradParams {
+    fn name(&self) -> &'static str {
+        "mae-layer-norm-grad-params"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(xl, None, "layer_norm backward")?;
+        let (x, g) = (slice(xs, xl, "x")?, slice(gs, gl, "grad")?);
+        let sums = column_sums(x.len() / d, 2 * d, |r, acc| {
+            let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+            let (mean, rstd) = row_stats(xr, self.eps);
+            let (dw, db) = acc.split_at_mut(d);
+            for i in 0..d {
+                dw[i] += gr[i] * (xr[i] - mean) * rstd;
+                db[i] += gr[i];
+            }
+        });
+        output(sums, &Shape::from((2, d)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "mae-softmax"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(xl, None, "softmax")?;
+        let x = slice(xs, xl, "softmax")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROWS_PER_CHUNK).zip(x.par_chunks(d * ROWS_PER_CHUNK)).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (yi, &xi) in yr.iter_mut().zip(xr) {
+                    *yi = (xi - max).exp();
+                    sum += *yi;
+                }
+                let inv = 1.0 / sum;
+                yr.iter_mut().for_each(|v| *v *= inv);
+            }
+        });
+        output(y, xl.shape())
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// `dx = y * (g - sum(g * y))` per row.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "mae-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(yl, None, "softmax backward")?;
+        let (y, g) = (slice(ys, yl, "y")?, slice(gs, gl, "grad")?);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(d * ROWS_PER_CHUNK)
+            .zip(y.par_chunks(d * ROWS_PER_CHUNK).zip(g.par_chunks(d * ROWS_PER_CHUNK)))
+            .for_each(|(dc, (yc, gc))| {
+                for ((dr, yr), gr) in dc.chunks_mut(d).zip(yc.chunks(d)).zip(gc.chunks(d)) {
+                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    for i in 0..d {
+                        dr[i] = yr[i] * (gr[i] - dot);
+                    }
+                }
+            });
+        output(dx, yl.shape())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact GELU
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "mae-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(xs, xl, "gelu")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(ELEMS_PER_CHUNK).zip(x.par_chunks(ELEMS_PER_CHUNK)).for_each(|(yc, xc)| {
+            for (yi, &xi) in yc.iter_mut().zip(xc) {
+                *yi = xi * normal_cdf(xi);
+            }
+        });
+        output(y, xl.shape())
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+/// `dx = g * (Phi(x) + x * phi(x))`.
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "mae-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (slice(xs, xl, "x")?, slice(gs, gl, "grad")?);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(ELEMS_PER_CHUNK)
+            .zip(x.par_chunks(ELEMS_PER_CHUNK).zip(g.par_chunks(ELEMS_PER_CHUNK)))
+            .for_each(|(dc, (xc, gc))| {
+                for ((di, &xi), &gi) in dc.iter_mut().zip(xc).zip(gc) {
+                    let pdf = (-0.5 * xi * xi).exp() * std::f32::consts::FRAC_2_SQRT_PI * 0.5
+                        / std::f32::consts::SQRT_2;
+                    *di = gi * (normal_cdf(xi) + xi * pdf);
+                }
+            });
+        output(dx, xl.shape())
+    }
+}
+
+/// `Phi(x) = (1 + erf(x / sqrt 2)) / 2`, with the erf candle's own `gelu_erf` uses.
+fn normal_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias add
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "mae-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(yl, Some(bl), "bias add")?;
+        let (y, b) = (slice(ys, yl, "y")?, slice(bs, bl, "bias")?);
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(d * ROWS_PER_CHUNK).zip(y.par_chunks(d * ROWS_PER_CHUNK)).for_each(|(oc, yc)| {
+            for (or, yr) in oc.chunks_mut(d).zip(yc.chunks(d)) {
+                for i in 0..d {
+                    or[i] = yr[i] + b[i];
+                }
+            }
+        });
+        output(out, yl.shape())
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)?;
+        Ok((Some(grad.clone()), Some(db)))
+    }
+}
+
+/// The sums over all leading dimensions: `[.., d] -> [d]`.
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "mae-column-sums"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(gl, None, "column sums")?;
+        let g = slice(gs, gl, "grad")?;
+        let sums = column_sums(g.len() / d, d, |r, acc| {
+            acc.iter_mut().zip(&g[r * d..(r + 1) * d]).for_each(|(a, v)| *a += v);
+        });
+        output(sums, &Shape::from(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Deterministic values in [-scale, scale) (a fixed LCG; no RNG crate needed).
+    fn values(shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// Forward values and the gradients of every input of `f` (fused) and `g` (composed) under
+    /// the same random weighting of the output agree within `tol`.
+    fn check(
+        inputs: &[Tensor],
+        tol: f32,
+        f: impl Fn(&[Tensor]) -> Result<Tensor>,
+        g: impl Fn(&[Tensor]) -> Result<Tensor>,
+    ) -> Result<()> {
+        let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let (yf, yg) = (f(&ts)?, g(&ts)?);
+        assert!(max_abs_diff(&yf, &yg)? < tol, "forward differs by {}", max_abs_diff(&yf, &yg)?);
+        let weighting = values(yf.dims(), 99, 1.0)?;
+        let gf = (&yf * &weighting)?.sum_all()?.backward()?;
+        let gg = (&yg * &weighting)?.sum_all()?.backward()?;
+        for (i, v) in vars.iter().enumerate() {
+            let (a, b) = (gf.get(v).expect("fused gradient"), gg.get(v).expect("composed gradient"));
+            assert_eq!(a.dims(), b.dims());
+            let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
+            let diff = max_abs_diff(a, b)?;
+            assert!(diff < tol * scale, "input {i}: gradient differs by {diff} (scale {scale})");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn layer_norm_matches_the_composed_ops_forward_and_backward() -> Result<()> {
+        // 2 x 37 rows: more than one chunk, the last one partial.
+        let (x, w, b) = (values(&[2, 37, 48], 1, 3.0)?, values(&[48], 2, 1.5)?, values(&[48], 3, 0.5)?);
+        let x = (x + 2.0)?; // a mean far from zero, as LayerNorm inputs have
+        check(
+            &[x, w, b],
+            1e-4,
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-6),
+            |t| composed::layer_norm(&t[0], &t[1], &t[2], 1e-6),
+        )
+    }
+
+    #[test]
+    fn softmax_matches_the_composed_ops_forward_and_backward() -> Result<()> {
+        check(
+            &[values(&[3, 4, 17, 17], 4, 6.0)?],
+            1e-5,
+            |t| softmax_last_dim(&t[0]),
+            |t| composed::softmax_last_dim(&t[0]),
+        )
+    }
+
+    #[test]
+    fn gelu_matches_candles_forward_and_backward() -> Result<()> {
+        check(&[values(&[5, 33, 40], 5, 5.0)?], 1e-5, |t| gelu_erf(&t[0]), |t| t[0].gelu_erf())
+    }
+
+    #[test]
+    fn bias_add_matches_broadcast_add_forward_and_backward() -> Result<()> {
+        let (y, b) = (values(&[70, 24], 6, 2.0)?, values(&[24], 7, 1.0)?);
+        check(&[y, b], 1e-5, |t| add_bias(&t[0], &t[1]), |t| t[0].broadcast_add(&t[1]))
+    }
+
+    #[test]
+    fn reductions_are_deterministic() -> Result<()> {
+        let (x, w, b) = (values(&[300, 64], 8, 2.0)?, values(&[64], 9, 1.0)?, values(&[64], 10, 1.0)?);
+        let grads = || -> Result<Vec<Vec<f32>>> {
+            let vars = [Var::from_tensor(&x)?, Var::from_tensor(&w)?, Var::from_tensor(&b)?];
+            let y = layer_norm(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), 1e-6)?;
+            let g = (y * values(&[300, 64], 11, 1.0)?)?.sum_all()?.backward()?;
+            vars.iter().map(|v| g.get(v).expect("gradient").flatten_all()?.to_vec1()).collect()
+        };
+        assert_eq!(grads()?, grads()?);
+        Ok(())
+    }
+
+    #[test]
+    fn other_dtypes_fall_back_to_the_composed_ops() -> Result<()> {
+        let x = values(&[4, 8], 12, 2.0)?.to_dtype(DType::F64)?;
+        let w = Tensor::ones(8, DType::F64, &Device::Cpu)?;
+        let b = Tensor::zeros(8, DType::F64, &Device::Cpu)?;
+        let y = layer_norm(&x, &w, &b, 1e-6)?;
+        assert_eq!(y.dtype(), DType::F64);
+        let s = softmax_last_dim(&x)?.sum(1)?.to_vec1::<f64>()?;
+        assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-12));
+        Ok(())
+    }
+
+    #[test]
+    fn a_bias_of_the_wrong_length_is_an_error() -> Result<()> {
+        let err = add_bias(&values(&[4, 8], 13, 1.0)?, &values(&[7], 14, 1.0)?).unwrap_err().to_string();
+        assert!(err.contains("bias add"), "{err}");
+        Ok(())
+    }
+}
