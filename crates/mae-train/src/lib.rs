@@ -14,6 +14,7 @@ pub mod collective;
 mod error;
 mod metrics;
 mod optim;
+mod optim_cpu;
 mod plot;
 mod progress;
 mod schedule;

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use candle_core::{Tensor, Var};
 
 use crate::error::{Result, TrainError};
+use crate::optim_cpu;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
@@ -79,6 +80,9 @@ pub struct AdamW {
     slots: Vec<Slot>,
     step: u64,
     fused: Option<Vec<FusedGroup>>,
+    /// Per-tensor updates of f32 CPU tensors through [`optim_cpu`] (off only to test it against
+    /// the composed update).
+    cpu_kernels: bool,
 }
 
 impl AdamW {
@@ -103,7 +107,7 @@ impl AdamW {
             })
             .collect::<Result<Vec<_>>>()?;
         let on_gpu = slots.first().is_some_and(|s| !s.var.device().is_cpu());
-        let mut opt = Self { config, slots, step: 0, fused: None };
+        let mut opt = Self { config, slots, step: 0, fused: None, cpu_kernels: true };
         // On the CPU the per-tensor update is as fast and needs no flat copies.
         opt.set_fused(on_gpu)?;
         Ok(opt)
@@ -209,6 +213,19 @@ impl AdamW {
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let lr = lr * slot.lr_scale;
             let g = g.to_dtype(slot.m.dtype())?;
+            if self.cpu_kernels && optim_cpu::applies(&slot.var, &slot.m, &slot.v, &g) {
+                let update = optim_cpu::Update {
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    eps: c.eps,
+                    bias_correction1: bc1,
+                    bias_correction2: bc2,
+                    lr,
+                    decay_factor: slot.decay.then_some(1.0 - lr * c.weight_decay),
+                };
+                optim_cpu::step(&slot.var, &slot.m, &slot.v, &g, update)?;
+                continue;
+            }
             slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&slot.m / bc1)? / ((&slot.v / bc2)?.sqrt()? + c.eps)?)?;
@@ -224,9 +241,10 @@ impl AdamW {
         let mut out = HashMap::new();
         match &self.fused {
             None => {
+                // Copies: the CPU kernels update the moments in place.
                 for s in &self.slots {
-                    out.insert(format!("m.{}", s.name), s.m.clone());
-                    out.insert(format!("v.{}", s.name), s.v.clone());
+                    out.insert(format!("m.{}", s.name), s.m.copy()?);
+                    out.insert(format!("v.{}", s.name), s.v.copy()?);
                 }
             }
             Some(groups) => {
@@ -263,7 +281,8 @@ impl AdamW {
                         ),
                     ));
                 }
-                *slot = t.to_dtype(slot.dtype())?.to_device(slot.device())?;
+                // A copy: the CPU kernels update the moments in place, never the caller's tensors.
+                *slot = t.to_dtype(slot.dtype())?.to_device(slot.device())?.copy()?;
             }
         }
         self.step = step;
@@ -312,6 +331,70 @@ mod tests {
         assert!((w1[0][1] - expect(-2.0, 0.2, 0.05)).abs() < 1e-6);
         assert!((b.as_tensor().to_vec1::<f32>()?[0] - expect(0.5, 1.0, 0.0)).abs() < 1e-6);
         assert_eq!(opt.groups(), (vec!["w"], vec!["l.bias"]));
+        Ok(())
+    }
+
+    /// Three steps through the CPU kernel and through the composed candle ops, from the same
+    /// start, on tensors of several kernel chunks: bit-identical weights and moments.
+    #[test]
+    fn cpu_kernel_updates_are_bit_identical_to_composed_ones() -> Result<()> {
+        let dev = Device::Cpu;
+        let wave = |n: usize, f: f32| {
+            Tensor::arange(0u32, n as u32, &dev)?
+                .to_dtype(candle_core::DType::F32)?
+                .affine(f as f64, 0.3)?
+                .sin()
+        };
+        let make = || -> Result<Vec<(String, Var)>> {
+            Ok(vec![
+                ("big.weight".into(), Var::from_tensor(&wave(70_000, 0.37)?.reshape((7, 10_000))?)?),
+                ("big.bias".into(), Var::from_tensor(&wave(300, 1.3)?)?),
+            ])
+        };
+        let (kernel_vars, composed_vars) = (make()?, make()?);
+        let mut kernel = AdamW::new(kernel_vars.clone(), AdamWConfig::default())?;
+        let mut composed = AdamW::new(composed_vars.clone(), AdamWConfig::default())?;
+        composed.cpu_kernels = false;
+        for step in 0..3 {
+            let grads = [wave(70_000, 0.011 * (step + 1) as f32)?.reshape((7, 10_000))?, wave(300, -0.7)?];
+            kernel.step(&grads, 0.05)?;
+            composed.step(&grads, 0.05)?;
+        }
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
+        };
+        for ((name, k), (_, c)) in kernel_vars.iter().zip(&composed_vars) {
+            assert_eq!(bits(k.as_tensor())?, bits(c.as_tensor())?, "{name}");
+        }
+        let (ks, cs) = (kernel.state_tensors()?, composed.state_tensors()?);
+        for (key, t) in &ks {
+            assert_eq!(bits(t)?, bits(&cs[key])?, "{key}");
+        }
+        // The weights moved (a test of nothing otherwise).
+        let start = make()?;
+        assert_ne!(bits(kernel_vars[0].1.as_tensor())?, bits(start[0].1.as_tensor())?);
+        Ok(())
+    }
+
+    /// The CPU kernels update the moments in place: a saved state and a loaded one must not
+    /// change with the optimizer's later steps.
+    #[test]
+    fn saved_and_loaded_states_are_not_changed_by_later_steps() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::new(&[[1.0f32, -2.0], [0.5, 0.25]], &dev)?)?;
+        let mut opt = AdamW::new(vec![("w".into(), w)], AdamWConfig::default())?;
+        let grad = [Tensor::new(&[[0.1f32, 0.2], [-0.3, 0.4]], &dev)?];
+        opt.step(&grad, 0.1)?;
+        let saved = opt.state_tensors()?;
+        let before = saved["m.w"].flatten_all()?.to_vec1::<f32>()?;
+        opt.step(&grad, 0.1)?;
+        assert_eq!(saved["m.w"].flatten_all()?.to_vec1::<f32>()?, before);
+        let loaded: HashMap<String, Tensor> =
+            saved.iter().map(|(k, t)| (k.clone(), t.copy().unwrap())).collect();
+        opt.load_state(&loaded, 1, "test")?;
+        opt.step(&grad, 0.1)?;
+        assert_eq!(loaded["m.w"].flatten_all()?.to_vec1::<f32>()?, before);
+        assert_ne!(opt.state_tensors()?["m.w"].flatten_all()?.to_vec1::<f32>()?, before, "the state moved");
         Ok(())
     }
 
