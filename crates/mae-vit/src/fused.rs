@@ -107,6 +107,29 @@ fn output(values: Vec<f32>, shape: &Shape) -> Result<(CpuStorage, Shape)> {
     Ok((CpuStorage::F32(values), shape.clone()))
 }
 
+/// A new buffer of `len` values cut into pieces of `width` (rows, or runs of elements), written in
+/// parallel, `per_task` pieces to a task: `fill(i, out)` writes the i-th piece (the last may be
+/// shorter).
+fn fill_pieces(
+    len: usize,
+    width: usize,
+    per_task: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(width * per_task).enumerate().for_each(|(task, chunk)| {
+        for (j, piece) in chunk.chunks_mut(width).enumerate() {
+            fill(task * per_task + j, piece);
+        }
+    });
+    out
+}
+
+/// The i-th piece of `width` of `values`, `len` long.
+fn piece(values: &[f32], i: usize, width: usize, len: usize) -> &[f32] {
+    &values[i * width..i * width + len]
+}
+
 /// Column sums of a `[rows, d]` matrix given as row chunks: partial sums per fixed chunk in
 /// parallel, added in order (deterministic). `per_row` adds one row's contribution.
 fn column_sums(rows: usize, width: usize, per_row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
@@ -160,13 +183,11 @@ impl CustomOp3 for LayerNorm {
         let d = row_len(xl, Some(wl), "layer_norm weight")?;
         row_len(xl, Some(bl), "layer_norm bias")?;
         let (x, w, b) = (slice(xs, xl, "layer_norm")?, slice(ws, wl, "weight")?, slice(bs, bl, "bias")?);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * ROWS_PER_CHUNK).zip(x.par_chunks(d * ROWS_PER_CHUNK)).for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                for i in 0..d {
-                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-                }
+        let y = fill_pieces(x.len(), d, ROWS_PER_CHUNK, |r, yr| {
+            let xr = piece(x, r, d, d);
+            let (mean, rstd) = row_stats(xr, self.eps);
+            for i in 0..d {
+                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
             }
         });
         output(y, xl.shape())
@@ -208,26 +229,22 @@ impl CustomOp3 for LayerNormGradInput {
     ) -> Result<(CpuStorage, Shape)> {
         let d = row_len(xl, Some(wl), "layer_norm backward")?;
         let (x, w, g) = (slice(xs, xl, "x")?, slice(ws, wl, "weight")?, slice(gs, gl, "grad")?);
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(d * ROWS_PER_CHUNK)
-            .zip(x.par_chunks(d * ROWS_PER_CHUNK).zip(g.par_chunks(d * ROWS_PER_CHUNK)))
-            .for_each(|(dc, (xc, gc))| {
-                let mut gw = vec![0f32; d];
-                for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
-                    for i in 0..d {
-                        gw[i] = gr[i] * w[i];
-                        sum_gw += gw[i] as f64;
-                        sum_gw_xhat += (gw[i] * (xr[i] - mean) * rstd) as f64;
-                    }
-                    let (m1, m2) = ((sum_gw / d as f64) as f32, (sum_gw_xhat / d as f64) as f32);
-                    for i in 0..d {
-                        let xhat = (xr[i] - mean) * rstd;
-                        dr[i] = rstd * (gw[i] - m1 - xhat * m2);
-                    }
-                }
-            });
+        let dx = fill_pieces(x.len(), d, ROWS_PER_CHUNK, |r, dr| {
+            let (xr, gr) = (piece(x, r, d, d), piece(g, r, d, d));
+            let (mean, rstd) = row_stats(xr, self.eps);
+            // dr holds g * w until the last loop turns it into dx.
+            let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
+            for i in 0..d {
+                dr[i] = gr[i] * w[i];
+                sum_gw += dr[i] as f64;
+                sum_gw_xhat += (dr[i] * (xr[i] - mean) * rstd) as f64;
+            }
+            let (m1, m2) = ((sum_gw / d as f64) as f32, (sum_gw_xhat / d as f64) as f32);
+            for i in 0..d {
+                let xhat = (xr[i] - mean) * rstd;
+                dr[i] = rstd * (dr[i] - m1 - xhat * m2);
+            }
+        });
         output(dx, xl.shape())
     }
 }
@@ -277,18 +294,16 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = row_len(xl, None, "softmax")?;
         let x = slice(xs, xl, "softmax")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * ROWS_PER_CHUNK).zip(x.par_chunks(d * ROWS_PER_CHUNK)).for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (yi, &xi) in yr.iter_mut().zip(xr) {
-                    *yi = (xi - max).exp();
-                    sum += *yi;
-                }
-                let inv = 1.0 / sum;
-                yr.iter_mut().for_each(|v| *v *= inv);
+        let y = fill_pieces(x.len(), d, ROWS_PER_CHUNK, |r, yr| {
+            let xr = piece(x, r, d, d);
+            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (yi, &xi) in yr.iter_mut().zip(xr) {
+                *yi = (xi - max).exp();
+                sum += *yi;
             }
+            let inv = 1.0 / sum;
+            yr.iter_mut().for_each(|v| *v *= inv);
         });
         output(y, xl.shape())
     }
@@ -315,17 +330,13 @@ impl CustomOp2 for SoftmaxGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let d = row_len(yl, None, "softmax backward")?;
         let (y, g) = (slice(ys, yl, "y")?, slice(gs, gl, "grad")?);
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(d * ROWS_PER_CHUNK)
-            .zip(y.par_chunks(d * ROWS_PER_CHUNK).zip(g.par_chunks(d * ROWS_PER_CHUNK)))
-            .for_each(|(dc, (yc, gc))| {
-                for ((dr, yr), gr) in dc.chunks_mut(d).zip(yc.chunks(d)).zip(gc.chunks(d)) {
-                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    for i in 0..d {
-                        dr[i] = yr[i] * (gr[i] - dot);
-                    }
-                }
-            });
+        let dx = fill_pieces(y.len(), d, ROWS_PER_CHUNK, |r, dr| {
+            let (yr, gr) = (piece(y, r, d, d), piece(g, r, d, d));
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for i in 0..d {
+                dr[i] = yr[i] * (gr[i] - dot);
+            }
+        });
         output(dx, yl.shape())
     }
 }
@@ -342,8 +353,8 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(xs, xl, "gelu")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(ELEMS_PER_CHUNK).zip(x.par_chunks(ELEMS_PER_CHUNK)).for_each(|(yc, xc)| {
+        let y = fill_pieces(x.len(), ELEMS_PER_CHUNK, 1, |i, yc| {
+            let xc = piece(x, i, ELEMS_PER_CHUNK, yc.len());
             for (yi, &xi) in yc.iter_mut().zip(xc) {
                 *yi = xi * normal_cdf(xi);
             }
@@ -372,16 +383,14 @@ impl CustomOp2 for GeluGrad {
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (slice(xs, xl, "x")?, slice(gs, gl, "grad")?);
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(ELEMS_PER_CHUNK)
-            .zip(x.par_chunks(ELEMS_PER_CHUNK).zip(g.par_chunks(ELEMS_PER_CHUNK)))
-            .for_each(|(dc, (xc, gc))| {
-                for ((di, &xi), &gi) in dc.iter_mut().zip(xc).zip(gc) {
-                    let pdf = (-0.5 * xi * xi).exp() * std::f32::consts::FRAC_2_SQRT_PI * 0.5
-                        / std::f32::consts::SQRT_2;
-                    *di = gi * (normal_cdf(xi) + xi * pdf);
-                }
-            });
+        let dx = fill_pieces(x.len(), ELEMS_PER_CHUNK, 1, |i, dc| {
+            let (xc, gc) = (piece(x, i, ELEMS_PER_CHUNK, dc.len()), piece(g, i, ELEMS_PER_CHUNK, dc.len()));
+            for ((di, &xi), &gi) in dc.iter_mut().zip(xc).zip(gc) {
+                let pdf = (-0.5 * xi * xi).exp() * std::f32::consts::FRAC_2_SQRT_PI * 0.5
+                    / std::f32::consts::SQRT_2;
+                *di = gi * (normal_cdf(xi) + xi * pdf);
+            }
+        });
         output(dx, xl.shape())
     }
 }
@@ -410,12 +419,9 @@ impl CustomOp2 for AddBias {
     ) -> Result<(CpuStorage, Shape)> {
         let d = row_len(yl, Some(bl), "bias add")?;
         let (y, b) = (slice(ys, yl, "y")?, slice(bs, bl, "bias")?);
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(d * ROWS_PER_CHUNK).zip(y.par_chunks(d * ROWS_PER_CHUNK)).for_each(|(oc, yc)| {
-            for (or, yr) in oc.chunks_mut(d).zip(yc.chunks(d)) {
-                for i in 0..d {
-                    or[i] = yr[i] + b[i];
-                }
+        let out = fill_pieces(y.len(), d, ROWS_PER_CHUNK, |r, or| {
+            for ((o, &v), &bi) in or.iter_mut().zip(piece(y, r, d, d)).zip(b) {
+                *o = v + bi;
             }
         });
         output(out, yl.shape())
