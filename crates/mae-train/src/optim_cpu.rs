@@ -1,11 +1,13 @@
-//! AdamW's per-tensor update on the CPU in two parallel passes instead of a dozen candle ops.
+//! AdamW's per-tensor update on the CPU in three parallel in-place passes instead of a dozen
+//! candle ops.
 //!
 //! Composed of candle ops, one update is about ten element-wise ops per parameter, each on one
 //! thread and each allocating its result: 0.8 s a step for ViT-B's 88M parameters on two cores
 //! (measured). Here three passes on rayon's pool update the two moments and then the weights,
-//! all in place: no allocation, so no fresh pages for the kernel to zero every step. Every element goes through the same f32 operations in the same order as the
-//! composed update in `optim.rs` (candle's `tensor * f64` is `x * (f64 as f32) + 0`, `tensor /
-//! f64` a multiplication by the reciprocal), so the two give bit-identical weights (tested there).
+//! all in place: no allocation, so no fresh pages for the kernel to zero every step. Every
+//! element goes through the same f32 operations in the same order as the composed update in
+//! `optim.rs` (candle's `tensor * f64` is `x * (f64 as f32) + 0`, `tensor / f64` a multiplication
+//! by the reciprocal), so the two give bit-identical weights (tested there).
 
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
