@@ -69,6 +69,7 @@ fn main() -> ExitCode {
     }
     util::init_logging();
     util::default_cpu_threads();
+    util::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pretrain(args) => return pretrain_in_world(*args),
