@@ -7,10 +7,10 @@
 //! elsewhere.
 
 use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::fused;
 pub use crate::fused::softmax_last_dim;
-use candle_nn::VarBuilder;
 
 /// Mixed precision the way PyTorch's autocast does it: the weights (and the optimizer state)
 /// stay in their own dtype (f32), the matrix products run in `dtype` (bf16 on a GPU, where the

@@ -38,8 +38,8 @@ pub fn default_cpu_threads() {
 /// `mi_option_e`; libmimalloc-sys names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Keep freed memory in the process instead of returning it to the OS 10 ms later (mimalloc's
-/// default): a training step frees and allocates the same large tensors every step, and every
+/// Keep freed memory in the process instead of returning it to the OS after mimalloc's purge
+/// delay (1000 ms in the mimalloc 3 we build, about one CPU step): a training step frees and allocates the same large tensors every step, and every
 /// returned page comes back zeroed by the kernel (`clear_page_erms`, a quarter of a CPU step's
 /// samples, measured). With purging off: config A +6-12%, B +26% img/s (docs/benchmarks.md).
 /// The resident size stays at its peak, which a training process reaches every step anyway.
