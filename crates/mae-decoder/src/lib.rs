@@ -11,9 +11,9 @@
 
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use mae_nn::layers::{linear, Block, BlockConfig, LayerNorm, Linear};
+use mae_nn::PosEmbed;
 use mae_patch::{MaskPlan, PatchGrid};
-use mae_vit::layers::{linear, Block, BlockConfig, LayerNorm, Linear};
-use mae_vit::PosEmbed;
 use serde::{Deserialize, Serialize};
 
 /// Shape of an MAE decoder.
@@ -121,7 +121,7 @@ impl MaeDecoder {
     }
 
     /// Mixed precision: the decoder's matrix products run in `dtype` (see
-    /// [`mae_vit::layers::cast_for_compute`]); its output stays f32.
+    /// [`mae_nn::layers::cast_for_compute`]); its output stays f32.
     pub fn set_compute_dtype(&mut self, dtype: Option<candle_core::DType>) {
         self.decoder_embed.set_compute_dtype(dtype);
         for block in &mut self.decoder_blocks {

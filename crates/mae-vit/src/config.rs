@@ -1,17 +1,7 @@
 use serde::{Deserialize, Serialize};
 
-use crate::layers::BlockConfig;
-
-/// How position embeddings are made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum PosEmbed {
-    /// The paper's fixed 2-D sin-cos table (not trained).
-    #[default]
-    Sincos,
-    /// A trained table, as timm's plain ViT (lightly's example encoder) has.
-    Learned,
-}
+use mae_nn::layers::BlockConfig;
+pub use mae_nn::PosEmbed;
 
 /// How a sequence of encoder tokens becomes one feature vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
