@@ -23,7 +23,9 @@ use mae_train::{AdamWConfig, LrSchedule, ProgressMode, Trainer, TrainerConfig};
 
 fn run(world: Arc<dyn Collective>) -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let data = args.next().unwrap_or_else(|| "mnist:../shared/data/mnist@train".into());
+    let data = args
+        .next()
+        .unwrap_or_else(|| concat!("mnist:", env!("CARGO_MANIFEST_DIR"), "/../../data/mnist@train").into());
     let total_steps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(300);
     // 64 images per process: the global batch, and the learning rate, grow with the processes.
     let (seed, batch_size) = (0u64, 64usize);

@@ -1,5 +1,5 @@
 //! The plain loop (the "PyTorch" tab of the original docs): the crates used directly, every step
-//! written out. MNIST digits from ../shared/data by default, or any data spec.
+//! written out. the repository's MNIST digits (data/mnist) by default, or any data spec.
 //!
 //! ```text
 //! cargo run --release --example plain_loop                       # 200 steps on MNIST
@@ -16,7 +16,9 @@ use mae_train::{AdamW, AdamWConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let data = args.next().unwrap_or_else(|| "mnist:../shared/data/mnist@train".into());
+    let data = args
+        .next()
+        .unwrap_or_else(|| concat!("mnist:", env!("CARGO_MANIFEST_DIR"), "/../../data/mnist@train").into());
     let steps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(200);
     let (seed, batch_size, base_lr) = (0u64, 64usize, 1.5e-3);
 

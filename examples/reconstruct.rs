@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example reconstruct -- runs/example-trainer/checkpoints/best/model.safetensors
-//! cargo run --release --example reconstruct -- fixtures/hf_tiny_a ../shared/data/photos/chelsea.png
+//! cargo run --release --example reconstruct -- fixtures/hf_tiny_a data/photos/chelsea.png
 //! ```
 
 use candle_core::{Device, Tensor};
@@ -17,9 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let weights = args.next().ok_or("usage: reconstruct WEIGHTS [IMAGE...]")?;
     let mut images: Vec<String> = args.collect();
     if images.is_empty() {
-        images = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+        images = ["chelsea.png", "coffee.png", "rocket.jpg"]
             .iter()
-            .map(|f| format!("../shared/data/photos/{f}"))
+            .map(|f| format!("{}/../../data/photos/{f}", env!("CARGO_MANIFEST_DIR")))
             .collect();
     }
     let model = MaskedAutoencoder::from_pretrained(&weights, &Device::Cpu)?;

@@ -8,7 +8,7 @@
 #
 # Stages: info, test (the parity / mixed-precision / NCCL tests with MAE_TEST_DEVICE=cuda),
 # bench (`mae bench` f32 and bf16, and xtask/bench/torch_bench.py unless TORCH=0), nccl (`mae
-# pretrain --devices`), mnist (tiny preset on .gpu-data/mnist, then k-NN), train (the quick start
+# pretrain --devices`), mnist (tiny preset on data/mnist, then k-NN), train (the quick start
 # in bf16). The CUDA libraries (cuBLAS, cuRAND, NCCL) are taken from the system or from the
 # `nvidia-*` Python wheels that PyTorch installs.
 set -u
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 B=.gpu-bundle
 OUT=${OUT:-$B/out}
 STAGES=${STAGES:-info test bench nccl mnist train}
-MNIST=${MNIST:-.gpu-data/mnist}   # ../shared/data/mnist copied into the repository (not committed)
+MNIST=${MNIST:-data/mnist}   # the repository's 6,000 digits (data/README.md)
 RUNS=${RUNS:-/tmp/mae-gpu-runs}
 if [ ! -x "$B/mae" ] && [ -f "$B.tar.xz" ]; then
     # `cargo xtask gpu-bundle --pack` travels as one xz archive (Python unpacks it where no xz is).

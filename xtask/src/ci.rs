@@ -13,6 +13,9 @@ Everything after `--` is appended to `cargo test --workspace` verbatim; for
 flags of the test binaries themselves add a second `--`.
 
 STEPS (stops at the first failure, naming the step, with a non-zero exit):
+    0. standalone       nothing under crates/, examples/, xtask/, .ci/, docs/ or README.md
+                        names the development machines' shared data folder (a user's
+                        clone has none; the tests use the repository's data/)
     1. fmt     cargo fmt --all -- --check
     2. clippy  cargo clippy --workspace --all-targets -- -D warnings
     3. clippy-features  cargo clippy -p mae-data --all-targets --features hf -- -D warnings
@@ -89,6 +92,13 @@ pub fn main(argv: Vec<String>) -> Result<()> {
 
     let total = steps.len();
     let mut timings = Vec::new();
+    println!("\n==> [0/{total}] standalone");
+    let (res, took) = util::timed(|| crate::standalone::check(&root));
+    timings.push(("standalone", took));
+    if let Err(e) = res {
+        print_summary(&timings, Some("standalone"));
+        return Err(e);
+    }
     for (i, (name, cargo_args)) in steps.into_iter().enumerate() {
         println!("\n==> [{}/{total}] {name}", i + 1);
         let mut cmd = util::cargo_cmd(&root);

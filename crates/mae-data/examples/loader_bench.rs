@@ -7,7 +7,7 @@
 //!
 //! Measures the shared photos (PNG/JPEG, 300-1000 px) at 224 px, MNIST IDX at 32 px and the
 //! synthetic shapes (drawn at 32 px) at 32 px. Each figure is the median of `--runs` passes;
-//! the data directory is `shared/data` beside the repository (override with MAE_DATA_DIR).
+//! the data directory is the repository's `data/` (override with MAE_DATA_DIR).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,7 +68,7 @@ fn main() -> Result<()> {
     let runs = arg(&args, "--runs", 3);
     let data = std::env::var("MAE_DATA_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")));
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data")));
     let options = OpenOptions { synthetic_size: 32, ..OpenOptions::default() };
     let photos = open(&DataSpec::Folder { path: data.join("photos") }, &options)?;
     let photos: Arc<dyn Dataset> = Arc::new(Repeat(photos, 64));

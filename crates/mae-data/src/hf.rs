@@ -1,5 +1,6 @@
 //! Hugging Face hub image datasets: parquet shards with an `Image` column (a struct of encoded
-//! `bytes` and a `path`) and usually a `ClassLabel` column, read from the local hub cache.
+//! `bytes` and a `path`) and usually a `ClassLabel` column, read from the local hub cache
+//! (downloaded into it first when they are not there and the hub may be reached).
 //!
 //! The encoded image bytes of the split are read into memory when the dataset is opened (about
 //! the size of the shards: 20 MB for MNIST, 120 MB for CIFAR-10) and decoded per sample, so
@@ -114,11 +115,7 @@ fn label_value(field: &Field) -> Option<i64> {
 impl HfDataset {
     /// Opens `split` of `repo` (`OWNER/NAME`), in `config` when the repository has several.
     pub fn open(repo: &str, config: Option<&str>, split: &str, options: &OpenOptions) -> Result<Self> {
-        let cache = options.hf_cache.clone().or_else(hub_cache_dir).ok_or_else(|| DataError::Hub {
-            repo: repo.into(),
-            message: "no hub cache: set HF_HUB_CACHE or HF_HOME (or HOME)".into(),
-        })?;
-        let shards = resolve_shards(&cache, repo, config, split)?;
+        let shards = resolve_shards(&options.hub(), repo, config, split)?;
         let mut images = Vec::new();
         let mut raw_labels: Vec<Option<i64>> = Vec::new();
         let mut class_names = Vec::new();

@@ -1,60 +1,36 @@
-//! Finding a dataset's parquet shards in a local Hugging Face hub cache, without network.
+//! Finding a dataset's parquet shards: in the local Hugging Face hub cache, else downloaded into
+//! it through [`mae_hub::Hub`] (the same cache, `HF_HUB_OFFLINE`, `HF_ENDPOINT` and `HF_TOKEN`
+//! rules as weights).
 //!
 //! The cache layout (`huggingface_hub`'s): `<cache>/datasets--OWNER--NAME/refs/main` holds a
 //! commit hash, and `snapshots/<hash>/` holds the repository's files (symbolic links into
 //! `blobs/`). Parquet shards are laid out by the repository, commonly
 //! `CONFIG/SPLIT-00000-of-00001.parquet` (`ylecun/mnist`, `uoft-cs/cifar10`),
 //! `data/SPLIT-*.parquet`, or `CONFIG/SPLIT/0000.parquet` (the hub's parquet conversion, in
-//! `refs/convert/parquet`).
+//! `refs/convert/parquet`, read when it is cached).
 
 use std::path::{Path, PathBuf};
 
-use walkdir::WalkDir;
+use mae_hub::{Hub, RepoId, RepoKind};
 
 use crate::error::{DataError, Result};
 
-/// The hub cache directory from an environment lookup: `$HF_HUB_CACHE`, else `$HF_HOME/hub`,
-/// else `$XDG_CACHE_HOME/huggingface/hub`, else `$HOME/.cache/huggingface/hub`, as
-/// `huggingface_hub` resolves it.
-pub fn hub_cache_dir_from(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    set("HF_HUB_CACHE")
-        .or_else(|| set("HF_HOME").map(|h| h.join("hub")))
-        .or_else(|| set("XDG_CACHE_HOME").map(|c| c.join("huggingface").join("hub")))
-        .or_else(|| set("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
-}
+/// The hub cache directory from an environment lookup, as `huggingface_hub` resolves it.
+pub use mae_hub::cache_dir_from as hub_cache_dir_from;
 
 /// The hub cache directory of this process's environment (see [`hub_cache_dir_from`]).
 pub fn hub_cache_dir() -> Option<PathBuf> {
-    hub_cache_dir_from(|name| std::env::var(name).ok())
+    mae_hub::cache_dir()
 }
 
 fn hub_error(repo: &str, message: impl Into<String>) -> DataError {
     DataError::Hub { repo: repo.into(), message: message.into() }
 }
 
-/// Snapshot directories to search, in order: the one `refs/main` names, then the parquet
-/// conversion's.
-fn snapshots(repo: &str, repo_dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    for reference in ["refs/main", "refs/convert/parquet"] {
-        if let Ok(hash) = std::fs::read_to_string(repo_dir.join(reference)) {
-            let dir = repo_dir.join("snapshots").join(hash.trim());
-            if dir.is_dir() {
-                found.push(dir);
-            }
-        }
+impl From<mae_hub::HubError> for DataError {
+    fn from(e: mae_hub::HubError) -> Self {
+        DataError::Hub { repo: e.repo, message: e.message }
     }
-    if found.is_empty() {
-        return Err(hub_error(
-            repo,
-            format!(
-                "{} has no snapshot named by refs/main or refs/convert/parquet (an incomplete download?)",
-                repo_dir.display()
-            ),
-        ));
-    }
-    Ok(found)
 }
 
 /// Whether `relative` (a path inside a snapshot) is a shard of `split`: a directory named after
@@ -75,91 +51,121 @@ fn config_of(relative: &Path, split: &str) -> String {
     dirs.iter().filter(|d| **d != split && **d != "data").copied().collect::<Vec<_>>().join("/")
 }
 
-/// The sorted parquet shards of `repo`'s `split` (in `config`, when given) in `cache`.
+/// The shards of `split` (in `config`, when given) among `files` (paths inside a snapshot, `/`
+/// separated): `Ok(None)` when there are none, an error when several configs hold the split.
+fn select_shards(
+    repo: &str,
+    files: &[String],
+    config: Option<&str>,
+    split: &str,
+) -> Result<Option<Vec<String>>> {
+    let mut shards: Vec<(String, &String)> = Vec::new();
+    for file in files.iter().filter(|f| f.ends_with(".parquet")) {
+        let relative = Path::new(file);
+        if !is_split_file(relative, split) {
+            continue;
+        }
+        let in_config = match config {
+            Some(c) => relative.iter().rev().skip(1).any(|d| d == c),
+            None => true,
+        };
+        if in_config {
+            shards.push((config_of(relative, split), file));
+        }
+    }
+    let mut configs: Vec<&str> = shards.iter().map(|(c, _)| c.as_str()).collect();
+    configs.sort();
+    configs.dedup();
+    if configs.len() > 1 {
+        return Err(hub_error(
+            repo,
+            format!(
+                "several configs hold a `{split}` split ({}); pick one with hf:{repo}/CONFIG@{split}",
+                configs.join(", ")
+            ),
+        ));
+    }
+    let mut shards: Vec<String> = shards.into_iter().map(|(_, f)| f.clone()).collect();
+    shards.sort();
+    Ok((!shards.is_empty()).then_some(shards))
+}
+
+fn listing(files: &[String]) -> String {
+    let parquet: Vec<&str> =
+        files.iter().filter(|f| f.ends_with(".parquet")).take(20).map(String::as_str).collect();
+    format!("[{}]", parquet.join(", "))
+}
+
+fn no_split(repo: &str, config: Option<&str>, split: &str, where_: &str, files: &[String]) -> DataError {
+    hub_error(
+        repo,
+        format!(
+            "no parquet shard of split `{split}`{} in {where_}; parquet files present: {}",
+            config.map(|c| format!(" in config `{c}`")).unwrap_or_default(),
+            listing(files)
+        ),
+    )
+}
+
+/// The parquet shards of `repo`'s `split` (in `config`, when given): from the cached snapshot of
+/// `refs/main` (then of the hub's parquet conversion) when it holds them, else downloaded into
+/// the cache (unless `hub` is offline).
 pub(crate) fn resolve_shards(
-    cache: &Path,
+    hub: &Hub,
     repo: &str,
     config: Option<&str>,
     split: &str,
 ) -> Result<Vec<PathBuf>> {
+    let cache = hub
+        .cache_dir()
+        .ok_or_else(|| hub_error(repo, "no hub cache: set HF_HUB_CACHE or HF_HOME (or HOME)"))?;
     let repo_dir = cache.join(format!("datasets--{}", repo.replace('/', "--")));
-    if !repo_dir.is_dir() {
+    let main = RepoId { name: repo.to_string(), revision: None };
+    let converted = RepoId { name: repo.to_string(), revision: Some("convert/parquet".into()) };
+    let mut cached_files = Vec::new();
+    for id in [&main, &converted] {
+        let (Some(files), Some(snapshot)) =
+            (hub.cached_files(RepoKind::Dataset, id), hub.snapshot_dir(RepoKind::Dataset, id))
+        else {
+            continue;
+        };
+        if let Some(shards) = select_shards(repo, &files, config, split)? {
+            return Ok(shards.iter().map(|f| snapshot.join(f)).collect());
+        }
+        cached_files.extend(files);
+    }
+    if hub.is_offline() {
+        if repo_dir.is_dir() {
+            return Err(no_split(repo, config, split, &repo_dir.display().to_string(), &cached_files));
+        }
         return Err(hub_error(
             repo,
             format!(
-                "not in the hub cache {} (expected {}); download it first, e.g. \
-                 `huggingface-cli download --repo-type dataset {repo}`, or set HF_HUB_CACHE",
+                "not in the hub cache {} (expected {}), and HF_HUB_OFFLINE is set; download it first where there is \
+                 network (`huggingface-cli download --repo-type dataset {repo}`, or run once without \
+                 HF_HUB_OFFLINE), or set HF_HUB_CACHE",
                 cache.display(),
                 repo_dir.display()
             ),
         ));
     }
-    let mut all = Vec::new();
-    for snapshot in snapshots(repo, &repo_dir)? {
-        let mut shards = Vec::new();
-        for entry in WalkDir::new(&snapshot).follow_links(true).sort_by_file_name() {
-            let entry = entry.map_err(|e| DataError::io(snapshot.clone(), e.into()))?;
-            let path = entry.path();
-            if !entry.file_type().is_file() || path.extension().is_none_or(|e| e != "parquet") {
-                continue;
-            }
-            let relative = path.strip_prefix(&snapshot).unwrap_or(path).to_path_buf();
-            all.push(relative.clone());
-            if !is_split_file(&relative, split) {
-                continue;
-            }
-            let in_config = match config {
-                Some(c) => relative.iter().rev().skip(1).any(|d| d == c),
-                None => true,
-            };
-            if in_config {
-                shards.push((config_of(&relative, split), path.to_path_buf()));
-            }
-        }
-        let mut configs: Vec<&String> = shards.iter().map(|(c, _)| c).collect();
-        configs.sort();
-        configs.dedup();
-        if configs.len() > 1 {
-            let names: Vec<&str> = configs.iter().map(|c| c.as_str()).collect();
-            return Err(hub_error(
-                repo,
-                format!(
-                    "several configs hold a `{split}` split ({}); pick one with hf:{repo}/CONFIG@{split}",
-                    names.join(", ")
-                ),
-            ));
-        }
-        if !shards.is_empty() {
-            return Ok(shards.into_iter().map(|(_, p)| p).collect());
-        }
+    let files = hub.list_files(RepoKind::Dataset, &main)?;
+    let shards = select_shards(repo, &files, config, split)?
+        .ok_or_else(|| no_split(repo, config, split, &format!("the hub's {repo}"), &files))?;
+    let mut paths = Vec::new();
+    for (i, shard) in shards.iter().enumerate() {
+        tracing::info!("hf:{repo}: shard {}/{} {shard}", i + 1, shards.len());
+        let path = hub.file(RepoKind::Dataset, &main, shard)?.ok_or_else(|| {
+            hub_error(repo, format!("`{shard}` was listed by the hub but is not there (HTTP 404)"))
+        })?;
+        paths.push(path);
     }
-    let listing: Vec<String> = all.iter().take(20).map(|p| p.display().to_string()).collect();
-    Err(hub_error(
-        repo,
-        format!(
-            "no parquet shard of split `{split}`{} in {}; parquet files present: [{}]",
-            config.map(|c| format!(" in config `{c}`")).unwrap_or_default(),
-            repo_dir.display(),
-            listing.join(", ")
-        ),
-    ))
+    Ok(paths)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_dir_precedence() {
-        fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        }
-        let all = [("HF_HUB_CACHE", "/a"), ("HF_HOME", "/b"), ("HOME", "/h")];
-        assert_eq!(hub_cache_dir_from(env(&all)), Some(PathBuf::from("/a")));
-        assert_eq!(hub_cache_dir_from(env(&all[1..])), Some(PathBuf::from("/b/hub")));
-        assert_eq!(hub_cache_dir_from(env(&all[2..])), Some(PathBuf::from("/h/.cache/huggingface/hub")));
-        assert_eq!(hub_cache_dir_from(env(&[])), None);
-    }
 
     #[test]
     fn split_and_config_matching() {

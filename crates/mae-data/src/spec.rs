@@ -174,11 +174,41 @@ pub struct OpenOptions {
     /// The Hugging Face hub cache to read from; `None` resolves `$HF_HUB_CACHE`, then
     /// `$HF_HOME/hub`, then `~/.cache/huggingface/hub`.
     pub hf_cache: Option<PathBuf>,
+    /// Whether hub datasets may be downloaded; `None` follows `HF_HUB_OFFLINE`.
+    pub hf_offline: Option<bool>,
+    /// The hub's address; `None` follows `HF_ENDPOINT`, else huggingface.co.
+    pub hf_endpoint: Option<String>,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        Self { limits: DecodeLimits::default(), synthetic_size: 64, synthetic_seed: 0, hf_cache: None }
+        Self {
+            limits: DecodeLimits::default(),
+            synthetic_size: 64,
+            synthetic_seed: 0,
+            hf_cache: None,
+            hf_offline: None,
+            hf_endpoint: None,
+        }
+    }
+}
+
+#[cfg(feature = "hf")]
+impl OpenOptions {
+    /// The hub that hub datasets come from: the environment's (`mae_hub::Hub::from_env`), with
+    /// these options' cache, offline and endpoint settings over it.
+    pub fn hub(&self) -> mae_hub::Hub {
+        let mut hub = mae_hub::Hub::from_env();
+        if let Some(cache) = &self.hf_cache {
+            hub = hub.with_cache_dir(cache.clone());
+        }
+        if let Some(offline) = self.hf_offline {
+            hub = hub.with_offline(offline);
+        }
+        if let Some(endpoint) = &self.hf_endpoint {
+            hub = hub.with_endpoint(endpoint.clone());
+        }
+        hub
     }
 }
 
@@ -197,13 +227,14 @@ pub fn open(spec: &DataSpec, options: &OpenOptions) -> Result<Arc<dyn Dataset>> 
             Arc::new(crate::hf::HfDataset::open(repo, config.as_deref(), split, options)?)
         }
         #[cfg(not(feature = "hf"))]
-        DataSpec::Hf { repo, .. } => {
-            return Err(DataError::Hub {
-                repo: repo.clone(),
-                message: "this build has no Hugging Face support; rebuild with the `hf` feature of mae-data"
+        DataSpec::Hf { repo, .. } => return Err(DataError::Hub {
+            repo: repo.clone(),
+            message:
+                "this build has no Hugging Face dataset support; rebuild with the `hf` feature of mae-data \
+                          (`cargo build --release -p mae --features hf`), or download the dataset \
+                          elsewhere and point a folder:, mnist: or cifar10: spec at it"
                     .into(),
-            })
-        }
+        }),
     };
     Ok(dataset)
 }

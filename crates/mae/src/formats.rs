@@ -107,9 +107,9 @@ impl Checkpoint {
         })
     }
 
-    /// Reads a hub model through `hub` (the cache first; see [`Hub::model_files`]).
+    /// Reads a hub model through `hub` (the cache first; see [`crate::hub::model_files`]).
     pub fn read_hub(repo: &RepoId, hub: &Hub, device: &Device) -> Result<Self> {
-        let files = hub.model_files(repo)?;
+        let files = crate::hub::model_files(hub, repo)?;
         let source = format!("{repo} ({})", files.weights[0].display());
         Self::read_files(&files.weights, files.config.as_deref(), source, device)
     }

@@ -10,7 +10,7 @@ use mae_data::{
     Loader, LoaderConfig, Mnist, OpenOptions, Sample, Split,
 };
 
-use crate::common::{encode, idx, png_claiming, shared_data, test_card, write};
+use crate::common::{encode, idx, mnist_idx_bytes, png_claiming, test_card, write};
 
 const BROKEN: [&str; 5] = ["huge.png", "text.png", "trunc.jpg", "trunc.png", "zero.png"];
 
@@ -143,9 +143,9 @@ fn idx_validation() {
     assert!(Mnist::open(mnist_dir(&liar, &good_labels).path(), Split::Train).is_err());
     // A gzip file cut short.
     let dir = tempfile::tempdir().unwrap();
-    let gz = std::fs::read(shared_data().join("mnist/t10k-labels-idx1-ubyte")).unwrap();
+    let labels = mnist_idx_bytes("t10k-labels-idx1-ubyte");
     write(&dir.path().join("t10k-images-idx3-ubyte.gz"), &[0x1f, 0x8b, 8, 0, 0, 0]);
-    write(&dir.path().join("t10k-labels-idx1-ubyte"), &gz);
+    write(&dir.path().join("t10k-labels-idx1-ubyte"), &labels);
     assert!(matches!(Mnist::open(dir.path(), Split::Test), Err(DataError::Format { .. })));
 }
 

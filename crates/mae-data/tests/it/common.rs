@@ -3,9 +3,18 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageFormat, RgbImage};
 
-/// The shared test data: `shared/` beside the repository root, locally and in CI.
-pub fn shared_data() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
+/// The repository's real test data (`data/` at the repository root; data/README.md).
+pub fn repo_data() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data"))
+}
+
+/// The decompressed bytes of one of the repository's gzipped MNIST IDX files.
+pub fn mnist_idx_bytes(name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let file = std::fs::File::open(repo_data().join("mnist").join(format!("{name}.gz"))).unwrap();
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(file).read_to_end(&mut raw).unwrap();
+    raw
 }
 
 pub fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {

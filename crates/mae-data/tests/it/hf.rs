@@ -1,5 +1,6 @@
-//! Hub datasets from a hub cache that the test writes itself: parquet shards in the layout of
-//! `ylecun/mnist`, with the `huggingface` schema metadata that `datasets` writes.
+//! Hub datasets from a hub cache that the test writes itself, and downloaded through the local hub
+//! server (`mae_hub::testing`): parquet shards in the layout of `ylecun/mnist`, with the
+//! `huggingface` schema metadata that `datasets` writes.
 
 use std::fs::File;
 use std::path::Path;
@@ -72,6 +73,11 @@ fn cache_repo(cache: &Path, repo: &str, files: &[Shard<'_>]) {
     }
 }
 
+/// Reading `cache` only: these tests must never reach the network.
+fn offline(cache: &Path) -> OpenOptions {
+    OpenOptions { hf_cache: Some(cache.into()), hf_offline: Some(true), ..OpenOptions::default() }
+}
+
 fn png(w: u32) -> Option<Vec<u8>> {
     Some(encode(&test_card(w, 10), ImageFormat::Png))
 }
@@ -90,7 +96,7 @@ fn reads_a_mnist_like_repo_from_the_cache() {
             ("README.md", &[], &[]),
         ],
     );
-    let options = OpenOptions { hf_cache: Some(cache.path().into()), ..OpenOptions::default() };
+    let options = offline(cache.path());
     let ds = open(&"hf:ylecun/mnist".parse().unwrap(), &options).unwrap();
     assert_eq!(ds.len(), 4);
     assert_eq!(ds.class_names(), ["zero", "one", "two"]);
@@ -112,7 +118,7 @@ fn configs_splits_and_missing_repos_are_explained() {
         "frgfm/imagenette",
         &[("160px/train-0.parquet", one, &[0]), ("320px/train-0.parquet", one, &[1])],
     );
-    let options = OpenOptions { hf_cache: Some(cache.path().into()), ..OpenOptions::default() };
+    let options = offline(cache.path());
     let opened = |spec: &str| open(&spec.parse::<DataSpec>().unwrap(), &options);
     let err = opened("hf:frgfm/imagenette").err().unwrap();
     assert!(err.to_string().contains("160px, 320px"), "{err}");
@@ -131,4 +137,61 @@ fn configs_splits_and_missing_repos_are_explained() {
         mae_data::hub_cache_dir_from(|k| (k == "HF_HOME").then(|| "/h".to_string())),
         Some("/h/hub".into())
     );
+}
+
+/// The bytes of a shard as [`write_shard`] writes it.
+fn shard_bytes(images: &[Option<Vec<u8>>], labels: &[i64]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shard.parquet");
+    write_shard(&path, images, labels);
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn downloads_through_the_hub_api_into_an_empty_cache_then_opens_offline() {
+    use mae_hub::testing::HubServer;
+    use mae_hub::RepoKind;
+    let server = HubServer::start().unwrap();
+    let train: &[Option<Vec<u8>>] = &[png(10), png(11), png(12)];
+    let test: &[Option<Vec<u8>>] = &[png(20), png(21)];
+    server.add_repo(
+        RepoKind::Dataset,
+        "ylecun/mnist",
+        vec![
+            ("README.md".into(), b"# mnist".to_vec()),
+            ("mnist/train-00000-of-00001.parquet".into(), shard_bytes(train, &[0, 1, 2])),
+            ("mnist/test-00000-of-00001.parquet".into(), shard_bytes(test, &[2, 0])),
+        ],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let online = OpenOptions {
+        hf_cache: Some(cache.path().into()),
+        hf_offline: Some(false),
+        hf_endpoint: Some(server.endpoint().into()),
+        ..OpenOptions::default()
+    };
+    let ds = open(&"hf:ylecun/mnist@test".parse().unwrap(), &online).unwrap();
+    assert_eq!((ds.len(), ds.get(1).unwrap().label), (2, Some(0)));
+    assert_eq!(ds.class_names(), ["zero", "one", "two"]);
+    let fetched = server.requests();
+    assert!(fetched.iter().any(|r| r.contains("/api/datasets/ylecun/mnist/revision/main")), "{fetched:?}");
+    assert!(!fetched.iter().any(|r| r.contains("train-")), "only the asked split is downloaded: {fetched:?}");
+    assert!(cache.path().join("datasets--ylecun--mnist/refs/main").is_file(), "the standard cache layout");
+
+    // Offline now: the cached split opens with no request; the other split is a clear error.
+    let before = server.requests().len();
+    let again = open(&"hf:ylecun/mnist@test".parse().unwrap(), &offline(cache.path())).unwrap();
+    assert_eq!(again.get(0).unwrap().image.to_rgb8(), test_card(20, 10).to_rgb8());
+    let err = open(&"hf:ylecun/mnist@train".parse().unwrap(), &offline(cache.path())).err().unwrap();
+    assert!(err.to_string().contains("split `train`"), "{err}");
+    assert_eq!(server.requests().len(), before, "offline opens make no request");
+
+    // Online again, the missing split is fetched into the same snapshot.
+    let train_split = open(&"hf:ylecun/mnist".parse().unwrap(), &online).unwrap();
+    assert_eq!(train_split.len(), 3);
+    // A repository the hub does not have, and a split it does not have, say so.
+    let err = open(&"hf:nobody/nothing".parse().unwrap(), &online).err().unwrap();
+    assert!(err.to_string().contains("HTTP 401"), "{err}");
+    let err = open(&"hf:ylecun/mnist@validation".parse().unwrap(), &online).err().unwrap();
+    assert!(err.to_string().contains("mnist/test-00000-of-00001.parquet"), "{err}");
 }

@@ -14,8 +14,8 @@ use mae::{Encoder, MaeConfig, MaskedAutoencoder, Pool, StackShape};
 use mae_data::{Dataset, EvalTransform, Loader, LoaderConfig, OpenOptions, Sample};
 use mae_train::{LrSchedule, ProgressMode, Trainable, Trainer, TrainerConfig};
 
-fn shared_mnist() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist")
+fn repo_mnist() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")
 }
 
 /// A freshly initialised encoder of `config` (as `--preset` makes it).
@@ -253,7 +253,7 @@ fn fine_tuning_lowers_the_training_loss_and_beats_chance_on_mnist() {
     let classifier = Classifier::new(random_encoder(&config, 0), 10, Pool::Mean, 0).unwrap();
     let task = FineTune { classifier, seed: 0, drop_path: 0.1, label_smoothing: 0.1, layer_decay: 0.75 };
     let open = |split: &str| {
-        let spec = format!("mnist:{}@{split}", shared_mnist().display());
+        let spec = format!("mnist:{}@{split}", repo_mnist().display());
         mae_data::open(&spec.parse().unwrap(), &OpenOptions::default()).unwrap()
     };
     let (train, test): (Arc<dyn Dataset>, Arc<dyn Dataset>) =

@@ -83,7 +83,7 @@ fn a_short_run_writes_checkpoints_metrics_and_pictures_and_resumes_exactly_after
     let o = mae(&["info", "--weights", "straight"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("step 6"));
-    let photo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/photos/chelsea.png");
+    let photo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/photos/chelsea.png");
     let o = mae(&["reconstruct", "--weights", "straight", "--image", photo, "--out", "rec.png"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.path().join("rec.png").is_file());
@@ -154,7 +154,7 @@ fn hugging_face_directories_work_with_every_command() {
     let o = mae(&["info", "--weights", hf], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"patch_size\": 4"));
-    let photo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/photos/rocket.jpg");
+    let photo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/photos/rocket.jpg");
     let o = mae(
         &["reconstruct", "--weights", hf, "--image", photo, "--out", "r.png", "--mask-ratio", "0.5"],
         dir.path(),

@@ -211,8 +211,16 @@ fn from_pretrained_honours_hf_hub_cache_and_hf_hub_offline() {
 #[test]
 #[ignore = "run by from_pretrained_honours_hf_hub_cache_and_hf_hub_offline in a child process"]
 fn environment_child() {
-    if std::env::var_os("MAE_HUB_TEST_CHILD").is_none() {
-        return;
+    match std::env::var("MAE_HUB_TEST_CHILD").as_deref() {
+        Ok("download") => {
+            // Online first (downloads), offline second (the cache only): the same calls.
+            let model = MaskedAutoencoder::from_pretrained(REPO, &Device::Cpu).unwrap();
+            check_loss(&model, "hf_tiny_a");
+            assert!(Encoder::from_pretrained(REPO, &Device::Cpu).is_ok());
+            return;
+        }
+        Ok(_) => {}
+        Err(_) => return,
     }
     let model = MaskedAutoencoder::from_pretrained(REPO, &Device::Cpu).unwrap();
     check_loss(&model, "hf_tiny_a");
@@ -220,4 +228,69 @@ fn environment_child() {
     let msg =
         MaskedAutoencoder::from_pretrained("mae-test/not-cached", &Device::Cpu).err().unwrap().to_string();
     assert!(msg.contains("HF_HUB_OFFLINE") && msg.contains("mae-test/not-cached"), "{msg}");
+}
+
+/// The tiny ViTMAE as a model repository on the local hub server.
+fn serve_tiny_a(server: &mae_hub::testing::HubServer) {
+    let files =
+        tiny_a_files().into_iter().map(|(name, path)| (name.to_string(), fs::read(path).unwrap())).collect();
+    server.add_repo(mae_hub::RepoKind::Model, REPO, files);
+}
+
+/// `from_pretrained(id)` as a user calls it with a fresh `HF_HOME` and `HF_ENDPOINT` pointing at
+/// the local hub server: the first call downloads (into `HF_HOME/hub`, the standard layout), a
+/// second call with `HF_HUB_OFFLINE=1` reads the cache and makes no request. Child processes,
+/// since the environment is global.
+#[test]
+fn from_pretrained_downloads_through_hf_endpoint_into_an_empty_hf_home_then_works_offline() {
+    let server = mae_hub::testing::HubServer::start().unwrap();
+    serve_tiny_a(&server);
+    let home = tempfile::tempdir().unwrap();
+    let child = |offline: &str| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "hub::environment_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("MAE_HUB_TEST_CHILD", "download")
+            .env_remove("HF_HUB_CACHE")
+            .env("HF_HOME", home.path())
+            .env("HF_ENDPOINT", server.endpoint())
+            .env("HF_HUB_OFFLINE", offline)
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "child (offline={offline}) failed:\n{text}"
+        );
+    };
+    child("0");
+    let snapshots = home.path().join("hub/models--mae-test--hf-tiny-a/snapshots");
+    assert!(snapshots.is_dir(), "downloaded into HF_HOME/hub");
+    let requests = server.requests().len();
+    assert!(requests >= 2, "config and weights came from the server");
+    child("1");
+    assert_eq!(server.requests().len(), requests, "offline: no request");
+}
+
+#[test]
+fn unknown_and_gated_hub_models_are_clear_errors() {
+    let server = mae_hub::testing::HubServer::start().unwrap();
+    serve_tiny_a(&server);
+    server.gate(mae_hub::RepoKind::Model, REPO, "hf_secret");
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub::new(cache.path()).with_endpoint(server.endpoint());
+    let msg = MaskedAutoencoder::from_pretrained_with("mae-test/nothing-here", &hub, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("mae-test/nothing-here") && msg.contains("HTTP 401"), "{msg}");
+    let msg = MaskedAutoencoder::from_pretrained_with(REPO, &hub, &Device::Cpu).err().unwrap().to_string();
+    assert!(msg.contains("private or gated") && msg.contains("HF_TOKEN"), "{msg}");
+    let model = MaskedAutoencoder::from_pretrained_with(
+        REPO,
+        &hub.with_token(Some("hf_secret".into())),
+        &Device::Cpu,
+    )
+    .unwrap();
+    check_loss(&model, "hf_tiny_a");
 }

@@ -21,13 +21,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXAMPLES: &str = "\
 Examples:
   mae pretrain                                   # quick start: built-in synthetic shapes, a few CPU minutes
-  mae pretrain --data mnist:../shared/data/mnist --preset mae-vit-tiny-patch4-32 --epochs 20
+  mae pretrain --data hf:ylecun/mnist --preset mae-vit-tiny-patch4-32 --epochs 20   # MNIST from the hub
   mae pretrain --resume runs/20261128-181500     # continue a run exactly where it stopped
   mpirun -np 4 mae pretrain --batch-size 64      # data parallel over 4 processes (built with --features mpi)
   mae reconstruct --weights runs/20261128-181500 --image photo.png --out rec.png
-  mae knn --weights runs/20261128-181500 --train mnist:data@train --test mnist:data@test
-  mae linear-probe --weights runs/20261128-181500 --train mnist:data@train --test mnist:data@test
-  mae finetune --weights runs/20261128-181500 --train mnist:data@train --test mnist:data@test --json
+  mae knn --weights runs/20261128-181500 --train mnist:data/mnist@train --test mnist:data/mnist@test
+  mae linear-probe --weights runs/20261128-181500 --train mnist:data/mnist@train --test mnist:data/mnist@test
+  mae finetune --weights runs/20261128-181500 --train mnist:data/mnist@train --test mnist:data/mnist@test --json
   mae info --weights runs/20261128-181500";
 
 #[derive(Parser)]

@@ -21,7 +21,8 @@ warm-up then cosine.
 
 Examples:
   mae pretrain
-  mae pretrain --data mnist:../shared/data/mnist --preset mae-vit-tiny-patch4-32 --steps 1000 --base-lr 1.5e-3
+  mae pretrain --data mnist:data/mnist@train --preset mae-vit-tiny-patch4-32 --steps 1000 --base-lr 1.5e-3
+               # data/mnist: the 5,000 real digits the repository carries (run from the checkout)
   mae pretrain --data folder:/data/imagenet/train --preset mae-vit-base-patch16 --epochs 400 \\
                --batch-size 64 --accum 4 --norm-pix-loss --warmup-epochs 40
   mae pretrain --config run.toml --seed 1         # TOML keys are the flag names with underscores
