@@ -78,7 +78,7 @@ fn run(world: Arc<dyn Collective>) -> Result<(), Box<dyn std::error::Error>> {
         preview,
         preview_seed: seed,
         denormalize: mae::visualize::Denormalize::default(),
-        knn: None,
+        probe: None,
         title: format!("mae-vit-micro-patch4-32 on {data}, {}", world.describe()),
     };
     if world.is_main() {

@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         preview: Some(preview),
         preview_seed: seed,
         denormalize: mae::visualize::Denormalize::default(),
-        knn: None,
+        probe: None,
         title: format!("mae-vit-micro-patch4-32 on {data}"),
     };
     let mut trainer = Trainer::new(MaeTask { model, seed }, trainer_config)?;

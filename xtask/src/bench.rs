@@ -3,7 +3,7 @@
 //! data loader's throughput; optionally write the table into
 //! docs/benchmarks.md.
 //!
-//! Ours is `target/release/mae bench --json` (crates/mae/src/bin/mae); the
+//! Ours is `target/release/mae bench --json` (crates/mae-cli); the
 //! reference is `xtask/bench/torch_bench.py` (timm + lightly, the
 //! implementation the fixtures come from). Both print one flat JSON object,
 //! read here with a small hand-written parser (xtask is std-only).
@@ -52,7 +52,7 @@ OPTIONS:
     --config C       A, B, C, a comma list (A,C) or all [default: all]
     --steps N        timed steps per config, after 2 warm-up steps [default: 5]
     --device D       cpu or cuda [default: cpu]; cuda builds with
-                     --features mae/cuda and needs nvcc (as `build --cuda`)
+                     --features mae-cli/cuda and needs nvcc (as `build --cuda`)
     --compare-torch  also run xtask/bench/torch_bench.py (timm + lightly, same
                      batch, torch.set_num_threads(<cores>)) and report the
                      ratio ours/torch of images per second
@@ -94,7 +94,7 @@ struct Stack {
     heads: usize,
 }
 
-/// One benchmark configuration: a preset of crates/mae/src/config.rs and a batch size.
+/// One benchmark configuration: a preset of crates/mae-io/src/config.rs and a batch size.
 #[derive(Clone, Copy)]
 struct Config {
     name: &'static str,
@@ -368,9 +368,9 @@ pub fn bench(argv: Vec<String>) -> Result<()> {
     step("build the `mae` binary (release)");
     let mut cmd = util::cargo_cmd(&root);
     toolkit::apply_env(&mut cmd, &build_env);
-    cmd.args(["build", "--release", "-p", "mae"]);
+    cmd.args(["build", "--release", "-p", "mae-cli"]);
     if cuda {
-        cmd.args(["--features", "mae/cuda"]);
+        cmd.args(["--features", "mae-cli/cuda"]);
     }
     cmd.stdout(Stdio::null()); // cargo reports on stderr; keep stdout for results
     eprintln!("$ {}", util::display(&cmd));

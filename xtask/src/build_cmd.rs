@@ -15,7 +15,7 @@ USAGE:
     cargo xtask build --metal [--release] [-- <extra cargo args>]
 
 CUDA (--cuda) runs, in the workspace root:
-    cargo build --workspace --exclude xtask --lib --features mae/cuda[,mae/nccl][,mae/cudnn]
+    cargo build --workspace --exclude xtask --lib --features mae-cli/cuda[,mae-cli/nccl][,mae-cli/cudnn]
 
     candle-kernels compiles its kernels with nvcc; no GPU is needed to build.
     nvcc is looked for in $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin, on PATH, in
@@ -32,9 +32,9 @@ CUDA (--cuda) runs, in the workspace root:
     too (there, a missing `-lcuda` &c. gets an explanation).
 
 OPTIONS:
-    --cuda              Build with candle's CUDA backend (feature mae/cuda)
-    --nccl              Also enable mae/nccl (multi-GPU; linking needs libnccl)
-    --cudnn             Also enable mae/cudnn (linking needs libcudnn)
+    --cuda              Build with candle's CUDA backend (feature mae-cli/cuda)
+    --nccl              Also enable mae-cli/nccl (multi-GPU; linking needs libnccl)
+    --cudnn             Also enable mae-cli/cudnn (linking needs libcudnn)
     --fetch-nvcc        Use NVIDIA's compiler from PyPI, installed into
                         .tools/cuda with `python3 -m pip install --target` (once;
                         skipped when already there):
@@ -47,7 +47,7 @@ OPTIONS:
     --bins              Build binaries too, not only the libraries
     --toolkit-only      Stop after finding (or fetching) and checking nvcc and
                         printing the build environment; build nothing
-    --metal             Build with candle's Metal backend (feature mae/metal;
+    --metal             Build with candle's Metal backend (feature mae-cli/metal;
                         macOS only)
     --release           Build in release mode
     -h, --help          Print this help
@@ -130,7 +130,7 @@ fn metal(o: &Opts) -> Result<()> {
     }
     let root = util::workspace_root();
     let mut cmd = util::cargo_cmd(&root);
-    cmd.args(["build", "--workspace", "--exclude", "xtask", "--features", "mae/metal"]);
+    cmd.args(["build", "--workspace", "--exclude", "xtask", "--features", "mae-cli/metal"]);
     if o.release {
         cmd.arg("--release");
     }
@@ -150,12 +150,12 @@ fn cuda(o: &Opts) -> Result<()> {
         return Ok(());
     }
 
-    let mut features = vec!["mae/cuda"];
+    let mut features = vec!["mae-cli/cuda"];
     if o.nccl {
-        features.push("mae/nccl");
+        features.push("mae-cli/nccl");
     }
     if o.cudnn {
-        features.push("mae/cudnn");
+        features.push("mae-cli/cudnn");
     }
     let mut cmd = util::cargo_cmd(&root);
     toolkit::apply_env(&mut cmd, &env);

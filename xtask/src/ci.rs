@@ -19,10 +19,10 @@ STEPS (stops at the first failure, naming the step, with a non-zero exit):
     1. fmt     cargo fmt --all -- --check
     2. clippy  cargo clippy --workspace --all-targets -- -D warnings
     3. clippy-features  cargo clippy -p mae-data --all-targets --features hf -- -D warnings
-    4. clippy-mpi       cargo clippy -p mae-train -p mae --all-targets --features mpi -- -D warnings
+    4. clippy-mpi       cargo clippy -p mae-train -p mae -p mae-cli --all-targets --features mpi -- -D warnings
     5. test    cargo test --workspace [<extra args>]
     6. test-features    cargo test -p mae-data --features hf
-    7. test-mpi         cargo test -p mae --features mpi --test it distributed::
+    7. test-mpi         cargo test -p mae-cli --features mpi --test it distributed::
 
 The `mpi` steps need an MPI library and libclang (Debian: apt-get install openmpi-bin
 libopenmpi-dev libclang-dev; .ci/run installs them), and test-mpi runs `mpirun -np 2`.
@@ -69,6 +69,8 @@ pub fn main(argv: Vec<String>) -> Result<()> {
                 "mae-train",
                 "-p",
                 "mae",
+                "-p",
+                "mae-cli",
                 "--all-targets",
                 "--features",
                 "mpi",
@@ -87,7 +89,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
         ("test-features", svec(&["test", "-p", "mae-data", "--features", "hf"])),
         // Two MPI ranks train like one process with the global batch; a failing rank stops the
         // job and the run resumes (runs `mpirun -np 2`).
-        ("test-mpi", svec(&["test", "-p", "mae", "--features", "mpi", "--test", "it", "distributed::"])),
+        ("test-mpi", svec(&["test", "-p", "mae-cli", "--features", "mpi", "--test", "it", "distributed::"])),
     ];
 
     let total = steps.len();

@@ -19,7 +19,7 @@ cargo xtask gpu-bundle: CUDA binaries for a GPU machine without Rust
 USAGE:
     cargo xtask gpu-bundle [--fetch-nvcc] [--compute-cap N] [--out DIR] [--pack]
 
-Builds, in release with the features mae/cuda and mae/nccl (target dir target/cuda):
+Builds, in release with the features mae-cli/cuda and mae-cli/nccl (target dir target/cuda):
     the `mae` binary, and the test binaries parity_hf, parity_lightly, mixed_precision,
     gradients and nccl of the mae crate,
 and copies them to DIR (default .gpu-bundle/: `mae`, `tests/<name>`). Copy the repository with
@@ -98,7 +98,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     println!("\n==> build the mae binary (release, cuda + nccl)");
     let mut cmd = util::cargo_cmd(&root);
     toolkit::apply_env(&mut cmd, &env);
-    cmd.args(["build", "--release", "-p", "mae", "--features", "cuda,nccl", "--bins"]);
+    cmd.args(["build", "--release", "-p", "mae-cli", "--features", "cuda,nccl", "--bins"]);
     util::run("build", &mut cmd)?;
 
     println!("\n==> build the GPU tests");

@@ -21,9 +21,9 @@ STAGES (a summary with the time of each is printed at the end):
                 becomes CUDA_COMPUTE_CAP (unless set or --compute-cap is given)
     2. nvcc     find nvcc as `cargo xtask build --cuda` does, and compile a test
                 kernel with it
-    3. build    cargo build --release --workspace --exclude xtask --features mae/cuda
+    3. build    cargo build --release --workspace --exclude xtask --features mae-cli/cuda
     4. test     MAE_TEST_DEVICE=cuda cargo test --release --workspace --exclude xtask \\
-                    --features mae/cuda [<extra cargo test args>]
+                    --features mae-cli/cuda [<extra cargo test args>]
                 (LD_LIBRARY_PATH gets the toolkit's lib64/ and lib/ first)
     5. bench    cargo xtask bench --config all --device cuda --json
 
@@ -180,10 +180,10 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     cmd.args(cuda_args("build"));
     let (res, took) = util::timed(|| run_cuda_cargo("build", &mut cmd));
     if let Err(e) = res {
-        report.add("build", Status::Failed, took, "release, mae/cuda");
+        report.add("build", Status::Failed, took, "release, mae-cli/cuda");
         return report.finish(Some(e));
     }
-    report.add("build", Status::Ok, took, "release, mae/cuda");
+    report.add("build", Status::Ok, took, "release, mae-cli/cuda");
 
     // 4. Tests on the GPU.
     println!("\n==> [4/5] test");
@@ -223,7 +223,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
 }
 
 fn cuda_args(sub: &str) -> [&str; 7] {
-    [sub, "--release", "--workspace", "--exclude", "xtask", "--features", "mae/cuda"]
+    [sub, "--release", "--workspace", "--exclude", "xtask", "--features", "mae-cli/cuda"]
 }
 
 /// Ask nvidia-smi for the GPU; returns a description and, when it reports

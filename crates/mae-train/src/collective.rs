@@ -151,7 +151,7 @@ pub fn from_env() -> Result<Arc<dyn Collective>> {
         return Err(TrainError::Model(format!(
             "this process was started by an MPI launcher as one of {} ({}), but it was built without \
              MPI support: rebuild with the cargo feature `mpi` (for the mae binary: \
-             `cargo build --release -p mae --features mpi`, which needs an MPI library such as \
+             `cargo build --release -p mae-cli --features mpi`, which needs an MPI library such as \
              libopenmpi-dev, and libclang)",
             env.world_size.map_or("several processes".to_string(), |n| format!("{n} processes")),
             env.variable

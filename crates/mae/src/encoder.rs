@@ -64,7 +64,8 @@ impl Encoder {
 
     /// [`Encoder::from_pretrained`] with hub ids resolved through `hub`.
     pub fn from_pretrained_with(id_or_path: impl AsRef<Path>, hub: &Hub, device: &Device) -> Result<Self> {
-        Self::from_checkpoint(Checkpoint::open(id_or_path, hub, device)?, device)
+        let path = crate::pretrained::resolve_weights(id_or_path.as_ref())?;
+        Self::from_checkpoint(Checkpoint::open(path, hub, device)?, device)
     }
 
     /// The encoder of a checkpoint, with its config (or the one read from its shapes).

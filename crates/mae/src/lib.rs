@@ -12,22 +12,23 @@
 //! # Ok::<(), mae::MaeError>(())
 //! ```
 
-pub mod classify;
-mod config;
 mod encoder;
-mod error;
-pub mod export;
-pub mod formats;
-pub mod hub;
 pub mod init;
-mod io;
-mod knn;
 mod model;
-pub mod naming;
 pub mod pretrain;
+mod pretrained;
 pub mod visualize;
 
-pub use classify::Accuracy;
+// Weight I/O lives below the model, in `mae-io`; its modules keep their paths here
+// (`mae::formats`, `mae::hub`, ...) for code written against them.
+pub use mae_io::{config, error, formats, hub, io, naming};
+/// Writing weights for timm and transformers (`mae-io`), and [`export`](pretrained::export)
+/// from anything `from_pretrained` reads.
+pub mod export {
+    pub use crate::pretrained::export;
+    pub use mae_io::export::*;
+}
+
 pub use config::{MaeConfig, StackShape, PRESETS};
 pub use encoder::{load_encoder, Encoder};
 pub use error::{MaeError, Result};
@@ -35,10 +36,10 @@ pub use export::ExportFormat;
 pub use formats::{Checkpoint, Format};
 pub use hub::{Hub, RepoId};
 pub use io::{config_from_hf_json, write_atomically, WeightsFile};
-pub use knn::{knn_classify, KnnResult};
 pub use mae_patch::MaskPlan;
 pub use mae_vit::{Pool, PosEmbed, VisionTransformer, VitConfig};
 pub use model::{MaeOutput, MaskedAutoencoder};
+pub use pretrained::resolve_weights;
 
 /// The crates this one composes, for users who build their own models from the pieces.
-pub use {mae_decoder, mae_loss, mae_patch, mae_vit};
+pub use {mae_decoder, mae_io, mae_loss, mae_nn, mae_patch, mae_vit};

@@ -6,10 +6,9 @@
 //! same crop, flip and mask whatever the batch size, number of workers or processes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use candle_core::{Device, Tensor, Var};
-use mae_data::{stream, Batch, Dataset, EvalTransform, Loader, LoaderConfig, Transform};
+use candle_core::{Tensor, Var};
+use mae_data::{stream, Batch, Dataset, Loader, Transform};
 use mae_patch::MaskPlan;
 use mae_train::{BatchSource, Hooks, TrainError, Trainable};
 use rand::RngCore;
@@ -103,14 +102,13 @@ pub fn load_images(dataset: &dyn Dataset, transform: &dyn Transform, indices: &[
     Ok(Tensor::stack(&images, 0)?)
 }
 
-/// A held-out labeled split for the k-NN monitor.
-pub struct KnnMonitor {
-    pub train: Arc<dyn Dataset>,
-    pub test: Arc<dyn Dataset>,
-    pub every_epochs: usize,
-    pub k: usize,
-    pub temperature: f64,
-    pub pool: mae_vit::Pool,
+/// An evaluation of the encoder at the end of some epochs while pre-training (`mae-eval`'s
+/// k-NN monitor is one): the metrics it returns are logged with the epoch's.
+pub trait EpochProbe: Send {
+    /// Whether to run after (0-based) `epoch`.
+    fn due(&self, epoch: usize) -> bool;
+    /// Named metrics of `encoder` (e.g. `knn_top1`).
+    fn evaluate(&self, encoder: &mae_vit::VisionTransformer) -> Result<Vec<(String, f64)>>;
 }
 
 /// Pictures and evaluations at the end of epochs.
@@ -120,7 +118,8 @@ pub struct PretrainHooks {
     pub preview: Option<Tensor>,
     pub preview_seed: u64,
     pub denormalize: Denormalize,
-    pub knn: Option<KnnMonitor>,
+    /// Evaluations of the encoder at epoch ends (e.g. `mae_eval::KnnMonitor`).
+    pub probe: Option<Box<dyn EpochProbe>>,
     pub title: String,
 }
 
@@ -173,11 +172,8 @@ impl Hooks<MaeTask> for PretrainHooks {
         self.draw_reconstruction(task, &format!("epoch-{epoch:04}"))?;
         self.draw_loss()?;
         let mut metrics = Vec::new();
-        if let Some(knn) = &self.knn {
-            if knn.every_epochs > 0 && (epoch + 1).is_multiple_of(knn.every_epochs) {
-                let r = knn_accuracy(task.model.encoder(), knn).map_err(model_err)?;
-                metrics.push(("knn_top1".to_string(), r.top1));
-            }
+        if let Some(probe) = self.probe.as_ref().filter(|p| p.due(epoch)) {
+            metrics.extend(probe.evaluate(task.model.encoder()).map_err(model_err)?);
         }
         Ok(metrics)
     }
@@ -185,66 +181,4 @@ impl Hooks<MaeTask> for PretrainHooks {
     fn on_checkpoint(&mut self, _run_dir: &Path) -> mae_train::Result<()> {
         self.draw_loss()
     }
-}
-
-/// Pooled encoder features of every sample of `dataset` (eval transform), with labels.
-pub fn extract_features(
-    encoder: &mae_vit::VisionTransformer,
-    dataset: Arc<dyn Dataset>,
-    pool: mae_vit::Pool,
-    batch_size: usize,
-    workers: usize,
-) -> Result<(Tensor, Vec<u32>)> {
-    let size = encoder.config().image_size[0];
-    let device = encoder.pos_embed().device();
-    let transform: Arc<dyn Transform> = Arc::new(EvalTransform::new(size));
-    let loader = Loader::new(dataset, transform, LoaderConfig { workers, ..LoaderConfig::eval(batch_size) })
-        .map_err(|e| MaeError::Config(e.to_string()))?;
-    let mut features = Vec::new();
-    let mut labels = Vec::new();
-    for batch in loader.iter_epoch(0).map_err(|e| MaeError::Config(e.to_string()))? {
-        let batch = batch.map_err(|e| MaeError::Config(e.to_string()))?;
-        if batch.is_empty() {
-            continue;
-        }
-        let f = encoder.features(&batch.images.to_device(device)?, pool)?;
-        // Detached: the output would otherwise keep the whole forward graph of the batch alive.
-        features.push(f.detach().to_device(&Device::Cpu)?);
-        labels.extend(batch.labels.unwrap_or_default());
-    }
-    if features.is_empty() {
-        return Err(MaeError::Config("no image could be loaded for features".into()));
-    }
-    Ok((Tensor::cat(&features, 0)?, labels))
-}
-
-/// Every sample of `dataset` through the eval transform, flattened: `[N, 3*size*size]`, labels.
-pub fn raw_pixels(dataset: Arc<dyn Dataset>, size: usize, workers: usize) -> Result<(Tensor, Vec<u32>)> {
-    let loader = Loader::new(
-        dataset,
-        Arc::new(EvalTransform::new(size)),
-        LoaderConfig { workers, ..LoaderConfig::eval(256) },
-    )
-    .map_err(|e| MaeError::Config(e.to_string()))?;
-    let (mut rows, mut labels) = (Vec::new(), Vec::new());
-    for batch in loader.iter_epoch(0).map_err(|e| MaeError::Config(e.to_string()))? {
-        let batch = batch.map_err(|e| MaeError::Config(e.to_string()))?;
-        if !batch.is_empty() {
-            rows.push(batch.images.flatten_from(1)?);
-            labels.extend(batch.labels.unwrap_or_default());
-        }
-    }
-    if rows.is_empty() {
-        return Err(MaeError::Config("no image could be loaded".into()));
-    }
-    Ok((Tensor::cat(&rows, 0)?, labels))
-}
-
-/// k-NN top-1 of an encoder's features on a monitor's splits.
-pub fn knn_accuracy(encoder: &mae_vit::VisionTransformer, knn: &KnnMonitor) -> Result<crate::KnnResult> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (train, train_labels) = extract_features(encoder, knn.train.clone(), knn.pool, 128, workers)?;
-    let (test, test_labels) = extract_features(encoder, knn.test.clone(), knn.pool, 128, workers)?;
-    let classes = knn.train.class_names().len().max(1);
-    crate::knn_classify(&train, &train_labels, &test, &test_labels, classes, knn.k, knn.temperature)
 }

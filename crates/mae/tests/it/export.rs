@@ -294,7 +294,7 @@ fn a_tensor_of_the_wrong_shape_is_named_in_both_namings() {
 
 /// Writes a tiny model exported as timm and Hugging Face folders, with the inputs and our
 /// outputs, for `xtask/fixtures/verify_export.py` to load in PyTorch (see docs/weights.md):
-/// `MAE_EXPORT_CHECK_DIR=target/export-check cargo test -p mae --test export -- --ignored`.
+/// `MAE_EXPORT_CHECK_DIR=target/export-check cargo test -p mae --test it -- --ignored export::`.
 #[test]
 #[ignore = "writes files for xtask/fixtures/verify_export.py"]
 fn write_exports_for_the_pytorch_check() {

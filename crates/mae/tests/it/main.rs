@@ -4,9 +4,6 @@
 
 mod common;
 
-mod classify;
-mod cli;
-mod distributed;
 mod export;
 mod gradients;
 mod hub;
@@ -14,5 +11,4 @@ mod mixed_precision;
 mod nccl;
 mod parity_hf;
 mod parity_lightly;
-mod training;
 mod weights_io;

@@ -114,3 +114,37 @@ fn unreadable_files_are_errors_naming_the_file() {
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// `from_pretrained` of a run folder reads its newest complete checkpoint (an incomplete one,
+/// without `state.json`, as a crash leaves it, is passed over); the checkpoint folder itself
+/// and the encoder read the same way; a run with no checkpoint yet is a clear error.
+#[test]
+fn from_pretrained_reads_a_run_folder_s_newest_checkpoint() {
+    let run = tempdir();
+    let checkpoints = run.path().join("checkpoints");
+    let empty = MaskedAutoencoder::from_pretrained(run.path(), &Device::Cpu);
+    assert!(empty.is_err(), "no checkpoints folder: not a run");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    let msg = MaskedAutoencoder::from_pretrained(run.path(), &Device::Cpu).err().unwrap().to_string();
+    assert!(msg.contains("no complete checkpoint"), "{msg}");
+    let (old, new) = (
+        MaskedAutoencoder::new(&tiny(), 1, &Device::Cpu).unwrap(),
+        MaskedAutoencoder::new(&tiny(), 2, &Device::Cpu).unwrap(),
+    );
+    for (step, model, complete) in [(2, &old, true), (4, &new, true), (6, &old, false)] {
+        let dir = checkpoints.join(format!("step-{step:08}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        model.save(dir.join("model.safetensors")).unwrap();
+        if complete {
+            std::fs::write(dir.join("state.json"), "{}").unwrap();
+        }
+    }
+    let loaded = MaskedAutoencoder::from_pretrained(run.path(), &Device::Cpu).unwrap();
+    assert_eq!(loss_of(&loaded), loss_of(&new), "step 4, the newest complete one");
+    assert_ne!(loss_of(&loaded), loss_of(&old));
+    let from_folder =
+        MaskedAutoencoder::from_pretrained(checkpoints.join("step-00000002"), &Device::Cpu).unwrap();
+    assert_eq!(loss_of(&from_folder), loss_of(&old));
+    let encoder = mae::Encoder::from_pretrained(run.path(), &Device::Cpu).unwrap();
+    assert_eq!(encoder.config(), &tiny().encoder_config());
+}

@@ -25,7 +25,7 @@ pub enum MaeError {
 pub type Result<T, E = MaeError> = std::result::Result<T, E>;
 
 impl MaeError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), source }
     }
 }

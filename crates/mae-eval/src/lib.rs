@@ -1,6 +1,9 @@
-//! Supervised evaluation of a pre-trained encoder, the paper's two protocols (He et al. 2021,
-//! Sec. 4 and A.2; facebookresearch/mae `main_linprobe.py`, `main_finetune.py`):
+//! Evaluation of a pre-trained encoder: weighted k-NN on frozen features (lightly's protocol,
+//! also run while pre-training through [`KnnMonitor`]), and the paper's two supervised
+//! protocols (He et al. 2021, Sec. 4 and A.2; facebookresearch/mae `main_linprobe.py`,
+//! `main_finetune.py`):
 //!
+//! - [`knn`]: weighted k-NN (k = 20, temperature 0.07 by default) of pooled features;
 //! - [`linear_probe`]: the encoder frozen, a `BatchNorm1d` without affine parameters and a
 //!   linear layer trained on its features;
 //! - [`finetune`]: the whole encoder trained with a classification head, layer-wise learning
@@ -12,14 +15,17 @@
 
 pub mod finetune;
 pub mod head;
+pub mod knn;
 pub mod linear_probe;
+
+pub use knn::{extract_features, knn_accuracy, knn_classify, raw_pixels, KnnMonitor, KnnResult};
 
 use candle_core::{DType, Device, Tensor, D};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::error::{MaeError, Result};
+use mae::{MaeError, Result};
 
 /// Accuracy of a classifier on a labeled set.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

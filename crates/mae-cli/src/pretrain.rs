@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use mae::pretrain::{KnnMonitor, LoaderSource, MaeTask, PretrainHooks};
+use mae::pretrain::{LoaderSource, MaeTask, PretrainHooks};
 use mae::MaskedAutoencoder;
 use mae_data::{Batch, DataSpec, Loader, LoaderConfig, MaeTrainTransform, OpenOptions, Split};
+use mae_eval::KnnMonitor;
 use mae_train::collective::{broadcast_string, Collective};
 use mae_train::{AdamWConfig, BatchSource, Checkpoints, LrSchedule, ProgressMode, Trainer, TrainerConfig};
 
@@ -298,9 +299,9 @@ fn train(cfg: Pretrain, resume_from: Option<PathBuf>, world: Arc<dyn Collective>
     } else {
         None
     };
-    let knn = if cfg.knn_every > 0 && is_main {
+    let knn: Option<Box<dyn mae::pretrain::EpochProbe>> = if cfg.knn_every > 0 && is_main {
         let (train_spec, test_spec) = knn_specs(&cfg)?;
-        Some(KnnMonitor {
+        Some(Box::new(KnnMonitor {
             train: mae_data::open(&train_spec, &options)
                 .with_context(|| format!("--knn-train {train_spec}"))?,
             test: mae_data::open(&test_spec, &options).with_context(|| format!("--knn-test {test_spec}"))?,
@@ -308,7 +309,7 @@ fn train(cfg: Pretrain, resume_from: Option<PathBuf>, world: Arc<dyn Collective>
             k: 20,
             temperature: 0.07,
             pool: mae::Pool::Mean,
-        })
+        }))
     } else {
         None
     };
@@ -317,7 +318,7 @@ fn train(cfg: Pretrain, resume_from: Option<PathBuf>, world: Arc<dyn Collective>
         preview,
         preview_seed: cfg.seed,
         denormalize: mae::visualize::Denormalize::default(),
-        knn,
+        probe: knn,
         title: format!("{} on {}", cfg.preset, cfg.data),
     };
     let progress = match cfg.progress.as_str() {

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::error::{MaeError, Result};
+use mae::{MaeError, Result};
 
 /// `nn.Linear(in_dim, num_classes)` with its weight from [`super::trunc_normal`] (`std`) and a
 /// zero bias, as both of the paper's heads are initialised (std 0.01 for the linear probe,

@@ -340,7 +340,7 @@ impl Checkpoint {
     }
 
     /// Adds the file's own name of the tensor to a missing-tensor or shape error.
-    pub(crate) fn explain(&self, err: MaeError) -> MaeError {
+    pub fn explain(&self, err: MaeError) -> MaeError {
         let with_file_name = |origin: String, name: &str| match self.file_name_of(name) {
             Some(theirs) => format!("{origin} (there: `{theirs}`)"),
             None => origin,

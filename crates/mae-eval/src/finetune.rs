@@ -18,14 +18,14 @@ use rand::RngCore;
 
 use super::head::LinearHead;
 use super::{smoothed_cross_entropy, Accuracy, AccuracyCounter};
-use crate::encoder::Encoder;
-use crate::error::{MaeError, Result};
+use mae::Encoder;
+use mae::{MaeError, Result};
 
 /// Stream id of the drop-path draws in [`mae_data::sample_rng`] (the loader uses 0..=3).
 pub const DROP_PATH_STREAM: u64 = 0x6472_6f70;
 
 /// safetensors header key of a fine-tuned classifier's [`ClassifierMeta`].
-pub use crate::io::CLASSIFIER_METADATA_KEY;
+pub use mae::io::CLASSIFIER_METADATA_KEY;
 
 fn model_err(e: impl std::fmt::Display) -> TrainError {
     TrainError::Model(e.to_string())
@@ -211,7 +211,7 @@ impl Classifier {
             what: "safetensors file",
             message: e.to_string(),
         })?;
-        crate::io::write_atomically(path, &bytes)
+        mae::io::write_atomically(path, &bytes)
     }
 
     /// Sets every variable from a file written by [`Classifier::save`].

@@ -127,8 +127,8 @@ pub fn compute_dtype_for(spec: &str, device: &Device) -> Result<Option<candle_co
     Ok(dtype)
 }
 
-/// Where the weights of `--weights PATH` are: a weights file, a Hugging Face directory, a
-/// checkpoint folder, or a run folder (its newest checkpoint).
+/// Where the weights of `--weights PATH` are: [`mae::resolve_weights`] (a run folder gives its
+/// newest checkpoint), after a clear error for a path that is neither a file nor a hub id.
 pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         // Not a path: a hub id (OWNER/NAME[@REV]) is resolved by the loader, from the cache first.
@@ -140,21 +140,7 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
             path.display()
         );
     }
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    if path.join("checkpoints").is_dir() {
-        let latest = mae_train::Checkpoints::new(path.join("checkpoints")).latest()?.with_context(|| {
-            format!("--weights {}: this run has no complete checkpoint yet", path.display())
-        })?;
-        return Ok(latest.join("model.safetensors"));
-    }
-    if path.join("model.safetensors").is_file() && !path.join("config.json").is_file() {
-        return Ok(path.join("model.safetensors")); // a checkpoint folder
-    }
-    // A model folder (Hugging Face, timm, the paper's .pth): the loader finds its files and says
-    // what is missing.
-    Ok(path.to_path_buf())
+    mae::resolve_weights(path).with_context(|| format!("--weights {}", path.display()))
 }
 
 pub fn load_model(weights: &Path, device: &Device) -> Result<MaskedAutoencoder> {

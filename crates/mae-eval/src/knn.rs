@@ -2,9 +2,12 @@
 //! benchmarks (and InstDisc) do it: the k most cosine-similar training features vote for their
 //! class with weight `exp(similarity / temperature)`.
 
-use candle_core::{DType, Device, Tensor, D};
+use std::sync::Arc;
 
-use crate::error::{MaeError, Result};
+use candle_core::{DType, Device, Tensor, D};
+use mae::pretrain::EpochProbe;
+use mae::{MaeError, Result};
+use mae_data::{Dataset, EvalTransform, Loader, LoaderConfig, Transform};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KnnResult {
@@ -73,6 +76,88 @@ pub fn knn_classify(
         num_train: m,
         num_test: n,
     })
+}
+
+/// A held-out labeled split for the k-NN monitor.
+pub struct KnnMonitor {
+    pub train: Arc<dyn Dataset>,
+    pub test: Arc<dyn Dataset>,
+    pub every_epochs: usize,
+    pub k: usize,
+    pub temperature: f64,
+    pub pool: mae_vit::Pool,
+}
+
+impl EpochProbe for KnnMonitor {
+    fn due(&self, epoch: usize) -> bool {
+        self.every_epochs > 0 && (epoch + 1).is_multiple_of(self.every_epochs)
+    }
+
+    fn evaluate(&self, encoder: &mae_vit::VisionTransformer) -> Result<Vec<(String, f64)>> {
+        Ok(vec![("knn_top1".to_string(), knn_accuracy(encoder, self)?.top1)])
+    }
+}
+
+/// Pooled encoder features of every sample of `dataset` (eval transform), with labels.
+pub fn extract_features(
+    encoder: &mae_vit::VisionTransformer,
+    dataset: Arc<dyn Dataset>,
+    pool: mae_vit::Pool,
+    batch_size: usize,
+    workers: usize,
+) -> Result<(Tensor, Vec<u32>)> {
+    let size = encoder.config().image_size[0];
+    let device = encoder.pos_embed().device();
+    let transform: Arc<dyn Transform> = Arc::new(EvalTransform::new(size));
+    let loader = Loader::new(dataset, transform, LoaderConfig { workers, ..LoaderConfig::eval(batch_size) })
+        .map_err(|e| MaeError::Config(e.to_string()))?;
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for batch in loader.iter_epoch(0).map_err(|e| MaeError::Config(e.to_string()))? {
+        let batch = batch.map_err(|e| MaeError::Config(e.to_string()))?;
+        if batch.is_empty() {
+            continue;
+        }
+        let f = encoder.features(&batch.images.to_device(device)?, pool)?;
+        // Detached: the output would otherwise keep the whole forward graph of the batch alive.
+        features.push(f.detach().to_device(&Device::Cpu)?);
+        labels.extend(batch.labels.unwrap_or_default());
+    }
+    if features.is_empty() {
+        return Err(MaeError::Config("no image could be loaded for features".into()));
+    }
+    Ok((Tensor::cat(&features, 0)?, labels))
+}
+
+/// Every sample of `dataset` through the eval transform, flattened: `[N, 3*size*size]`, labels.
+pub fn raw_pixels(dataset: Arc<dyn Dataset>, size: usize, workers: usize) -> Result<(Tensor, Vec<u32>)> {
+    let loader = Loader::new(
+        dataset,
+        Arc::new(EvalTransform::new(size)),
+        LoaderConfig { workers, ..LoaderConfig::eval(256) },
+    )
+    .map_err(|e| MaeError::Config(e.to_string()))?;
+    let (mut rows, mut labels) = (Vec::new(), Vec::new());
+    for batch in loader.iter_epoch(0).map_err(|e| MaeError::Config(e.to_string()))? {
+        let batch = batch.map_err(|e| MaeError::Config(e.to_string()))?;
+        if !batch.is_empty() {
+            rows.push(batch.images.flatten_from(1)?);
+            labels.extend(batch.labels.unwrap_or_default());
+        }
+    }
+    if rows.is_empty() {
+        return Err(MaeError::Config("no image could be loaded".into()));
+    }
+    Ok((Tensor::cat(&rows, 0)?, labels))
+}
+
+/// k-NN top-1 of an encoder's features on a monitor's splits.
+pub fn knn_accuracy(encoder: &mae_vit::VisionTransformer, knn: &KnnMonitor) -> Result<KnnResult> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (train, train_labels) = extract_features(encoder, knn.train.clone(), knn.pool, 128, workers)?;
+    let (test, test_labels) = extract_features(encoder, knn.test.clone(), knn.pool, 128, workers)?;
+    let classes = knn.train.class_names().len().max(1);
+    knn_classify(&train, &train_labels, &test, &test_labels, classes, knn.k, knn.temperature)
 }
 
 #[cfg(test)]

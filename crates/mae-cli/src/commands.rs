@@ -111,13 +111,8 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
     let encoder = util::load_encoder(&args.weights, &device)?.into_parts().1;
     let dataset = open_data(&args.data, "--data", encoder.config().image_size[0])?;
-    let (features, labels) = mae::pretrain::extract_features(
-        &encoder,
-        dataset,
-        parse_pool(&args.pool)?,
-        args.batch_size,
-        workers(),
-    )?;
+    let (features, labels) =
+        mae_eval::extract_features(&encoder, dataset, parse_pool(&args.pool)?, args.batch_size, workers())?;
     let mut out = HashMap::from([("features".to_string(), features.clone())]);
     if labels.len() == features.dim(0)? {
         out.insert("labels".to_string(), Tensor::from_vec(labels.clone(), labels.len(), &Device::Cpu)?);
@@ -177,7 +172,7 @@ pub fn knn(args: KnnArgs) -> Result<()> {
     if train.class_names().is_empty() {
         bail!("--train {}: k-NN needs a labeled dataset", args.train);
     }
-    let monitor = mae::pretrain::KnnMonitor {
+    let monitor = mae_eval::KnnMonitor {
         train,
         test,
         every_epochs: 1,
@@ -186,12 +181,12 @@ pub fn knn(args: KnnArgs) -> Result<()> {
         pool: parse_pool(&args.pool)?,
     };
     let r = if args.raw_pixels {
-        let (train, train_labels) = mae::pretrain::raw_pixels(monitor.train.clone(), size, workers())?;
-        let (test, test_labels) = mae::pretrain::raw_pixels(monitor.test.clone(), size, workers())?;
+        let (train, train_labels) = mae_eval::raw_pixels(monitor.train.clone(), size, workers())?;
+        let (test, test_labels) = mae_eval::raw_pixels(monitor.test.clone(), size, workers())?;
         let classes = monitor.train.class_names().len();
-        mae::knn_classify(&train, &train_labels, &test, &test_labels, classes, args.k, args.temperature)?
+        mae_eval::knn_classify(&train, &train_labels, &test, &test_labels, classes, args.k, args.temperature)?
     } else {
-        mae::pretrain::knn_accuracy(&encoder, &monitor)?
+        mae_eval::knn_accuracy(&encoder, &monitor)?
     };
     if args.json {
         println!("{}", serde_json::to_string(&r)?);

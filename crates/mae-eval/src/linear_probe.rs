@@ -18,7 +18,7 @@ use mae_vit::{Pool, VisionTransformer};
 
 use super::head::{BatchNorm1d, LinearHead};
 use super::{smoothed_cross_entropy, Accuracy, AccuracyCounter};
-use crate::error::{MaeError, Result};
+use mae::{MaeError, Result};
 
 fn model_err(e: impl std::fmt::Display) -> TrainError {
     TrainError::Model(e.to_string())

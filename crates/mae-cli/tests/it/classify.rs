@@ -6,12 +6,12 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
-use mae::classify::finetune::{drop_path_keeps, drop_path_rates, layer_scale, Classifier, FineTune};
-use mae::classify::head::BatchNorm1d;
-use mae::classify::linear_probe::{encode_dataset, FeatureBatches, LinearProbe, ProbeHooks};
-use mae::classify::smoothed_cross_entropy;
 use mae::{Encoder, MaeConfig, MaskedAutoencoder, Pool, StackShape};
 use mae_data::{Dataset, EvalTransform, Loader, LoaderConfig, OpenOptions, Sample};
+use mae_eval::finetune::{drop_path_keeps, drop_path_rates, layer_scale, Classifier, FineTune};
+use mae_eval::head::BatchNorm1d;
+use mae_eval::linear_probe::{encode_dataset, FeatureBatches, LinearProbe, ProbeHooks};
+use mae_eval::smoothed_cross_entropy;
 use mae_train::{LrSchedule, ProgressMode, Trainable, Trainer, TrainerConfig};
 
 fn repo_mnist() -> PathBuf {

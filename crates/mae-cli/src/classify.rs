@@ -9,10 +9,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use mae::classify::finetune::{Classifier, FineTune, FineTuneHooks};
-use mae::classify::linear_probe::{encode_dataset, FeatureBatches, LinearProbe, ProbeHooks};
-use mae::{Accuracy, Encoder, MaeConfig, MaskedAutoencoder, Pool};
+use mae::{Encoder, MaeConfig, MaskedAutoencoder, Pool};
 use mae_data::{DataSpec, Dataset, Loader, LoaderConfig, MaeTrainTransform, OpenOptions};
+use mae_eval::finetune::{Classifier, FineTune, FineTuneHooks};
+use mae_eval::linear_probe::{encode_dataset, FeatureBatches, LinearProbe, ProbeHooks};
+use mae_eval::Accuracy;
 use mae_train::{AdamWConfig, Checkpoints, LrSchedule, ProgressMode, Trainer, TrainerConfig};
 use serde::{Deserialize, Serialize};
 

@@ -9,17 +9,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use mae_vit::{PosEmbed, VitConfig};
 use serde_json::{json, Value};
 
 use crate::config::MaeConfig;
-use crate::encoder::Encoder;
 use crate::error::{MaeError, Result};
 use crate::formats::{timm_mlp_dim_of, TIMM_VIT_SIZES};
-use crate::hub::Hub;
 use crate::io::write_atomically;
-use crate::model::MaskedAutoencoder;
 use crate::naming;
 
 /// What `mae export` writes.
@@ -196,7 +193,7 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
     write_atomically(path, text.as_bytes())
 }
 
-fn create_dir(dir: &Path) -> Result<()> {
+pub fn create_dir(dir: &Path) -> Result<()> {
     if dir.is_file() {
         return Err(MaeError::io(
             dir,
@@ -250,54 +247,4 @@ pub fn save_hf(dir: &Path, config: &MaeConfig, tensors: &HashMap<String, Tensor>
     write_safetensors(&weights, &hf)?;
     write_json(&config_path, &hf_config_json(config))?;
     Ok(vec![config_path, weights])
-}
-
-impl MaskedAutoencoder {
-    /// The whole model as Hugging Face's `ViTMAEForPreTraining` folder (see [`save_hf`]).
-    pub fn save_hf(&self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
-        save_hf(dir.as_ref(), self.config(), &self.state_dict())
-    }
-
-    /// The encoder as a timm `VisionTransformer` folder (see [`save_timm`]).
-    pub fn save_timm(&self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
-        save_timm(dir.as_ref(), &self.config().encoder_config(), &self.state_dict())
-    }
-}
-
-impl Encoder {
-    /// As a timm `VisionTransformer` folder (see [`save_timm`]).
-    pub fn save_timm(&self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
-        save_timm(dir.as_ref(), self.config(), &self.state_dict())
-    }
-}
-
-/// Reads `weights` (anything `from_pretrained` reads, hub ids through `hub`) and writes it as
-/// `format` to `out`: a folder for timm and hf; for ours, `out` itself when it ends in
-/// `.safetensors`, else `out/model.safetensors`. timm needs only the encoder, so encoder-only
-/// weights export to timm too. Returns the files written.
-pub fn export(
-    weights: impl AsRef<Path>,
-    format: ExportFormat,
-    out: &Path,
-    hub: &Hub,
-    device: &Device,
-) -> Result<Vec<PathBuf>> {
-    match format {
-        ExportFormat::Timm => Encoder::from_pretrained_with(weights, hub, device)?.save_timm(out),
-        ExportFormat::Hf => MaskedAutoencoder::from_pretrained_with(weights, hub, device)?.save_hf(out),
-        ExportFormat::Ours => {
-            let model = MaskedAutoencoder::from_pretrained_with(weights, hub, device)?;
-            let path = if out.extension().is_some_and(|e| e == "safetensors") {
-                if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    create_dir(parent)?;
-                }
-                out.to_path_buf()
-            } else {
-                create_dir(out)?;
-                out.join("model.safetensors")
-            };
-            model.save(&path)?;
-            Ok(vec![path])
-        }
-    }
 }
