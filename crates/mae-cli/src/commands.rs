@@ -286,6 +286,13 @@ pub struct BenchArgs {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.steps == 0 || args.batch_size == 0 {
+        bail!(
+            "--steps and --batch-size must be at least 1 (got --steps {} --batch-size {})",
+            args.steps,
+            args.batch_size
+        );
+    }
     let device = util::parse_device(&args.device)?;
     let config = MaeConfig::preset(&args.preset).context("--preset")?;
     let mut model = MaskedAutoencoder::new(&config, 0, &device)?;

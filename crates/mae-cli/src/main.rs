@@ -5,6 +5,7 @@ mod commands;
 mod export;
 mod launch;
 mod pretrain;
+mod run_folder;
 mod settings;
 mod util;
 

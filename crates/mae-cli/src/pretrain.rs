@@ -15,7 +15,9 @@ use mae::MaskedAutoencoder;
 use mae_data::{Batch, DataSpec, Loader, LoaderConfig, MaeTrainTransform, OpenOptions, Split};
 use mae_eval::KnnMonitor;
 use mae_train::collective::{broadcast_string, Collective};
-use mae_train::{AdamWConfig, BatchSource, Checkpoints, LrSchedule, ProgressMode, Trainer, TrainerConfig};
+use mae_train::{AdamWConfig, BatchSource, LrSchedule, ProgressMode, Trainer, TrainerConfig};
+
+use crate::run_folder::{self, RunLock};
 
 use crate::settings::{Pretrain, PretrainArgs};
 use crate::util;
@@ -172,10 +174,7 @@ pub fn run(args: PretrainArgs, world: Arc<dyn Collective>) -> Result<()> {
             let mut cfg = Pretrain::from_run_dir(&dir)?;
             apply_resume_overrides(&mut cfg, &args)?;
             cfg.out = dir.clone();
-            let latest = Checkpoints::new(dir.join("checkpoints")).latest()?.with_context(|| {
-                format!("--resume {}: no complete checkpoint to resume from", dir.display())
-            })?;
-            (cfg, Some(latest))
+            (cfg, Some(run_folder::resume_candidates(&dir)?))
         }
         None => {
             let file = match &args.config {
@@ -192,7 +191,11 @@ pub fn run(args: PretrainArgs, world: Arc<dyn Collective>) -> Result<()> {
             }
             // One run folder for the whole job: rank 0's clock names it.
             let stamp = broadcast_string(world.as_ref(), &util::timestamp(), 0)?;
-            (merged.resolve(|| PathBuf::from("runs").join(stamp))?, None)
+            let cfg = merged.resolve(|| PathBuf::from("runs").join(&stamp))?;
+            if world.is_main() {
+                run_folder::prepare_new_run(&cfg.out, args.overwrite, &stamp)?;
+            }
+            (cfg, None)
         }
     };
     if distributed {
@@ -212,7 +215,8 @@ pub fn run(args: PretrainArgs, world: Arc<dyn Collective>) -> Result<()> {
     train(cfg, resume_from, world)
 }
 
-fn train(cfg: Pretrain, resume_from: Option<PathBuf>, world: Arc<dyn Collective>) -> Result<()> {
+/// Trains the run `cfg` describes; `resume_from` holds its complete checkpoints, newest first.
+fn train(cfg: Pretrain, resume_from: Option<Vec<PathBuf>>, world: Arc<dyn Collective>) -> Result<()> {
     let (rank, world_size, is_main) = (world.rank(), world.world_size(), world.is_main());
     let device = util::parse_device(&cfg.device)?;
     let size = cfg.model.image_size[0];
@@ -265,8 +269,9 @@ fn train(cfg: Pretrain, resume_from: Option<PathBuf>, world: Arc<dyn Collective>
 
     let mut model = MaskedAutoencoder::new(&cfg.model, cfg.seed, &device)?;
     model.set_compute_dtype(util::compute_dtype_for(&cfg.dtype, &device)?);
+    // One process at a time in a run folder (rank 0's lock stands for the job); held to the end.
+    let _lock = if is_main { Some(RunLock::acquire(&cfg.out)?) } else { None };
     if is_main {
-        std::fs::create_dir_all(&cfg.out).with_context(|| format!("--out {}", cfg.out.display()))?;
         if resume_from.is_none() {
             std::fs::write(cfg.out.join("config.toml"), cfg.to_toml()?)
                 .with_context(|| format!("{}", cfg.out.join("config.toml").display()))?;
@@ -345,11 +350,12 @@ fn train(cfg: Pretrain, resume_from: Option<PathBuf>, world: Arc<dyn Collective>
     };
     let mut trainer =
         Trainer::new(MaeTask { model, seed: cfg.seed }, trainer_cfg)?.with_collective(world.clone())?;
-    if let Some(checkpoint) = &resume_from {
-        trainer.resume_from(checkpoint).with_context(|| match world_size {
-            1 => format!("--resume {}", checkpoint.display()),
-            n => format!("--resume {} (rank {rank} of {n})", checkpoint.display()),
-        })?;
+    if let Some(candidates) = &resume_from {
+        let (checkpoint, ()) = run_folder::resume_newest_good(candidates, |c| Ok(trainer.resume_from(c)?))
+            .with_context(|| match world_size {
+                1 => format!("--resume {}", cfg.out.display()),
+                n => format!("--resume {} (rank {rank} of {n})", cfg.out.display()),
+            })?;
         if is_main {
             eprintln!("mae: resumed from {} (step {})", checkpoint.display(), trainer.state().step);
         }

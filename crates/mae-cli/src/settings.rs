@@ -92,9 +92,14 @@ pub struct PretrainArgs {
     /// weights, optimizer state, norms and the loss in f32).
     #[arg(long)]
     pub dtype: Option<String>,
-    /// Run folder (default: runs/<timestamp>).
+    /// Run folder (default: runs/<timestamp>). A folder that already holds a run is refused.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Start a new run in an --out that holds one, moving the old run aside to
+    /// <out>.replaced-<timestamp> (never mixing the two).
+    #[arg(long, conflicts_with = "resume")]
+    #[serde(skip)]
+    pub overwrite: bool,
     /// Save a checkpoint every N steps (0: at the end of each epoch only).
     #[arg(long)]
     pub checkpoint_every: Option<usize>,

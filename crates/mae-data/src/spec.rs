@@ -231,7 +231,7 @@ pub fn open(spec: &DataSpec, options: &OpenOptions) -> Result<Arc<dyn Dataset>> 
             repo: repo.clone(),
             message:
                 "this build has no Hugging Face dataset support; rebuild with the `hf` feature of mae-data \
-                          (`cargo build --release -p mae --features hf`), or download the dataset \
+                          (the `mae` binary has it: `cargo build --release -p mae-cli`; library users enable `mae-data/hf`), or download the dataset \
                           elsewhere and point a folder:, mnist: or cifar10: spec at it"
                     .into(),
         }),

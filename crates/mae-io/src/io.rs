@@ -87,6 +87,27 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Refuses weights holding NaN or infinite values, naming the first such tensor (sorted by
+/// name): they would load and run, and every output would be garbage.
+pub fn check_finite(tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = tensors[name].to_dtype(candle_core::DType::F32)?;
+        // x - x is 0 for every finite x and NaN for NaN and +-inf; a sum of zeros is exactly 0.
+        let probe = t.sub(&t)?.sum_all()?.to_scalar::<f32>()?;
+        if probe != 0.0 {
+            return Err(MaeError::Weights {
+                origin: origin.to_string(),
+                message: format!(
+                    "tensor `{name}` holds NaN or infinite values (a diverged run, or a damaged file); refusing to load it"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Reads a Hugging Face `ViTMAEConfig` (`config.json`), with transformers' defaults for absent
 /// fields.
 pub fn config_from_hf_json(path: &Path) -> Result<MaeConfig> {

@@ -23,4 +23,4 @@ pub use error::{MaeError, Result};
 pub use export::ExportFormat;
 pub use formats::{Checkpoint, Format};
 pub use hub::{Hub, RepoId};
-pub use io::{config_from_hf_json, write_atomically, WeightsFile};
+pub use io::{check_finite, config_from_hf_json, write_atomically, WeightsFile};

@@ -92,6 +92,8 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
 pub fn load_vars(path: &Path, vars: &[(String, Var)]) -> Result<()> {
     let device = vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
     let tensors = read_tensors(path, &device)?;
+    // Every tensor is checked before any variable is set, so a bad file changes nothing.
+    let mut checked = Vec::with_capacity(vars.len());
     for (name, var) in vars {
         let t = tensors
             .get(name)
@@ -102,7 +104,19 @@ pub fn load_vars(path: &Path, vars: &[(String, Var)]) -> Result<()> {
                 format!("tensor `{name}` has shape {:?}, the model needs {:?}", t.dims(), var.dims()),
             ));
         }
-        var.set(&t.to_dtype(var.dtype())?)?;
+        let t = t.to_dtype(var.dtype())?;
+        let f = t.to_dtype(candle_core::DType::F32)?;
+        // x - x is 0 for every finite x and NaN for NaN and +-inf.
+        if f.sub(&f)?.sum_all()?.to_scalar::<f32>()? != 0.0 {
+            return Err(TrainError::checkpoint(
+                path,
+                format!("tensor `{name}` holds NaN or infinite values"),
+            ));
+        }
+        checked.push((var, t));
+    }
+    for (var, t) in checked {
+        var.set(&t)?;
     }
     Ok(())
 }

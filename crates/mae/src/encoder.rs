@@ -81,6 +81,7 @@ impl Encoder {
         device: &Device,
     ) -> Result<Self> {
         let tensors = std::mem::take(&mut checkpoint.tensors);
+        mae_io::check_finite(&tensors, &checkpoint.source)?;
         Self::from_tensors(config, tensors, &checkpoint.source, device).map_err(|e| checkpoint.explain(e))
     }
 

@@ -41,6 +41,7 @@ impl MaskedAutoencoder {
             ),
         })?;
         let source = path.display().to_string();
+        mae_io::check_finite(&file.tensors, &source)?;
         Self::from_tensors(&config, file.tensors, &source, device)
     }
 
@@ -76,6 +77,7 @@ impl MaskedAutoencoder {
         device: &Device,
     ) -> Result<Self> {
         let tensors = std::mem::take(&mut checkpoint.tensors);
+        mae_io::check_finite(&tensors, &checkpoint.source)?;
         Self::from_tensors(config, tensors, &checkpoint.source, device).map_err(|e| checkpoint.explain(e))
     }
 }

@@ -145,6 +145,8 @@ fn bad_flags_and_files_are_clear_errors() {
     assert_clean_failure(&mae(&["pretrain", "--config", "typo.toml"], d), &["typo.toml", "batchsize"]);
     std::fs::create_dir(d.join("empty")).unwrap();
     assert_clean_failure(&mae(&["pretrain", "--data", "folder:empty"], d), &["empty"]);
+    // Was an index-out-of-bounds panic.
+    assert_clean_failure(&mae(&["bench", "--steps", "0"], d), &["--steps"]);
 }
 
 #[test]
@@ -223,4 +225,93 @@ fn flag_names_match_the_snapshot() {
     }
     let snapshot = std::fs::read_to_string(&path).unwrap();
     assert_eq!(now, snapshot, "flag names changed (see {})", path.display());
+}
+
+/// `file` with every value of its tensor `name` set to NaN (header and other tensors kept).
+fn poison(file: &Path, name: &str, out: &Path) {
+    let bytes = std::fs::read(file).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n.clone(), v.data().to_vec(), v.shape().to_vec(), v.dtype()))
+        .collect();
+    let target = owned.iter_mut().find(|t| t.0 == name).expect("the tensor exists");
+    target.1 = f32::NAN.to_le_bytes().repeat(target.1.len() / 4);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, data, shape, dtype)| {
+            (n.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, meta.metadata().clone(), out).unwrap();
+}
+
+/// The run-folder guarantees (each was broken before): a new run refuses a folder holding a run
+/// (and `--overwrite` moves it aside), a second process cannot enter a locked run folder,
+/// `--resume` passes over a damaged newest checkpoint to the newest good one and ends
+/// bit-identical to a run that never broke, and weights holding NaN are refused by name.
+#[test]
+fn run_folders_are_never_mixed_and_a_damaged_checkpoint_does_not_stop_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = mae(&[SHORT_RUN, &["--out", "r"]].concat(), d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(d.join("r/metrics.jsonl")).unwrap();
+
+    // A new run into it is refused and changes nothing.
+    let o = mae(&[SHORT_RUN, &["--out", "r"]].concat(), d);
+    assert_clean_failure(&o, &["already holds a run", "--resume r", "--overwrite"]);
+    assert_eq!(std::fs::read_to_string(d.join("r/metrics.jsonl")).unwrap(), metrics);
+
+    // The newest checkpoint damaged: resume warns, takes step 4, and redoes steps 5-6 exactly.
+    let newest = d.join("r/checkpoints/step-00000006/model.safetensors");
+    let good = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, b"\x08\x00\x00\x00\x00\x00\x00\x00garbage").unwrap();
+    let o = mae(&["pretrain", "--resume", "r", "--progress", "lines"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning") && stderr(&o).contains("step-00000006"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("step 4"), "resumed from step 4: {}", stderr(&o));
+    assert!(std::fs::read(&newest).unwrap() == good, "the redone steps give the same weights");
+
+    // Weights holding NaN are refused, naming the tensor.
+    poison(&newest, "decoder_pred.weight", &d.join("nan.safetensors"));
+    let photo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/photos/chelsea.png");
+    let o = mae(&["reconstruct", "--weights", "nan.safetensors", "--image", photo, "--out", "x.png"], d);
+    assert_clean_failure(&o, &["decoder_pred.weight", "NaN"]);
+    assert!(!d.join("x.png").exists());
+
+    // A second process in a locked run folder stops, naming the holder.
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::io::AsRawFd;
+        let mut lock = std::fs::OpenOptions::new().write(true).open(d.join("r/.lock")).unwrap();
+        // SAFETY: flock on a descriptor owned by `lock`, which outlives the call.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+        lock.set_len(0).unwrap();
+        write!(lock, "4242").unwrap();
+        let o = mae(&["pretrain", "--resume", "r"], d);
+        assert_clean_failure(&o, &["in use", "4242"]);
+        drop(lock);
+    }
+
+    // --overwrite moves the old run aside instead of mixing.
+    let two_steps =
+        ["pretrain", "--data", "synthetic:96", "--batch-size", "16", "--steps", "2", "--progress", "silent"];
+    let o = mae(&[&two_steps[..], &["--out", "r", "--overwrite"]].concat(), d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let aside: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("r.replaced-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the old run moved aside");
+    assert_eq!(
+        std::fs::read_to_string(aside[0].path().join("metrics.jsonl")).unwrap().len() >= metrics.len(),
+        true
+    );
+    let new_metrics = std::fs::read_to_string(d.join("r/metrics.jsonl")).unwrap();
+    assert_eq!(new_metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 2, "only the new run's lines");
 }
