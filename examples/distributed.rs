@@ -19,7 +19,7 @@ use mae::pretrain::{load_images, LoaderSource, MaeTask, PretrainHooks};
 use mae::{MaeConfig, MaskedAutoencoder};
 use mae_data::{DataSpec, EvalTransform, Loader, LoaderConfig, MaeTrainTransform, OpenOptions};
 use mae_train::collective::{self, Collective};
-use mae_train::{AdamWConfig, LrSchedule, ProgressMode, Trainer, TrainerConfig};
+use mae_train::{LrSchedule, Trainer, TrainerConfig};
 
 fn run(world: Arc<dyn Collective>) -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -46,26 +46,21 @@ fn run(world: Arc<dyn Collective>) -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
 
-    let trainer_config = TrainerConfig {
-        run_dir: run_dir.clone(),
+    let schedule = LrSchedule {
+        peak_lr: LrSchedule::scaled_lr(1.5e-3, global_batch),
+        min_lr: 0.0,
+        warmup_steps: total_steps / 20,
         total_steps,
-        accum: 1,
-        schedule: LrSchedule {
-            peak_lr: LrSchedule::scaled_lr(1.5e-3, global_batch),
-            min_lr: 0.0,
-            warmup_steps: total_steps / 20,
-            total_steps,
-        },
-        adamw: AdamWConfig::default(),
-        clip_grad_norm: None,
-        max_nonfinite_in_a_row: 5,
+    };
+    let trainer_config = TrainerConfig {
         checkpoint_every: 100,
         keep_last: 2,
         log_every: 20,
         seed,
         world_size: world.world_size(),
-        progress: ProgressMode::Auto, // rank 0 only: the trainer silences the others
+        // rank 0 only shows progress: the trainer silences the others
         run_config: serde_json::json!({ "example": "distributed", "data": data }),
+        ..TrainerConfig::new(run_dir.clone(), schedule)
     };
     // Pictures are drawn by rank 0 only; the other ranks need no preview images.
     let preview = if world.is_main() {

@@ -14,7 +14,7 @@ use candle_core::Device;
 use mae::pretrain::{load_images, LoaderSource, MaeTask, PretrainHooks};
 use mae::{MaeConfig, MaskedAutoencoder};
 use mae_data::{DataSpec, EvalTransform, Loader, LoaderConfig, MaeTrainTransform, OpenOptions};
-use mae_train::{AdamWConfig, LrSchedule, ProgressMode, Trainer, TrainerConfig};
+use mae_train::{LrSchedule, Trainer, TrainerConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -34,26 +34,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         LoaderConfig { seed, ..LoaderConfig::train(batch_size) },
     )?;
 
-    let trainer_config = TrainerConfig {
-        run_dir: run_dir.clone(),
+    let schedule = LrSchedule {
+        peak_lr: LrSchedule::scaled_lr(1.5e-3, batch_size),
+        min_lr: 0.0,
+        warmup_steps: total_steps / 20,
         total_steps,
-        accum: 1,
-        schedule: LrSchedule {
-            peak_lr: LrSchedule::scaled_lr(1.5e-3, batch_size),
-            min_lr: 0.0,
-            warmup_steps: total_steps / 20,
-            total_steps,
-        },
-        adamw: AdamWConfig::default(),
-        clip_grad_norm: None,
-        max_nonfinite_in_a_row: 5,
+    };
+    let trainer_config = TrainerConfig {
         checkpoint_every: 100,
         keep_last: 2,
         log_every: 20,
         seed,
-        world_size: 1,
-        progress: ProgressMode::Auto,
         run_config: serde_json::json!({ "example": "trainer", "data": data }),
+        ..TrainerConfig::new(run_dir.clone(), schedule)
     };
     // Pictures of the same 8 images after every epoch and at the end.
     let preview = load_images(dataset.as_ref(), &EvalTransform::new(32), &(0..8).collect::<Vec<_>>())?;

@@ -517,10 +517,7 @@ fn trainer_config(
 ) -> Result<TrainerConfig> {
     let recipe = settings.finetune.as_ref();
     Ok(TrainerConfig {
-        run_dir: run_dir.to_path_buf(),
-        total_steps: schedule.total_steps,
         accum: recipe.map_or(1, |f| f.accum),
-        schedule,
         adamw: AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: settings.weight_decay },
         clip_grad_norm: recipe.and_then(|f| f.clip_grad),
         max_nonfinite_in_a_row: 20,
@@ -528,9 +525,9 @@ fn trainer_config(
         keep_last: settings.keep_last,
         log_every: common.log_every.max(1),
         seed: settings.seed,
-        world_size: 1,
         progress: parse_progress(&common.progress)?,
         run_config: serde_json::to_value(settings)?,
+        ..TrainerConfig::new(run_dir, schedule)
     })
 }
 

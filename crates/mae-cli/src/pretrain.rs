@@ -333,10 +333,7 @@ fn train(cfg: Pretrain, resume_from: Option<Vec<PathBuf>>, world: Arc<dyn Collec
         _ => ProgressMode::Auto,
     };
     let trainer_cfg = TrainerConfig {
-        run_dir: cfg.out.clone(),
-        total_steps,
         accum: cfg.accum,
-        schedule,
         adamw: AdamWConfig { weight_decay: cfg.weight_decay, ..AdamWConfig::default() },
         clip_grad_norm: cfg.clip_grad,
         max_nonfinite_in_a_row: cfg.max_nonfinite,
@@ -347,6 +344,7 @@ fn train(cfg: Pretrain, resume_from: Option<Vec<PathBuf>>, world: Arc<dyn Collec
         world_size,
         progress,
         run_config: serde_json::to_value(&cfg)?,
+        ..TrainerConfig::new(cfg.out.clone(), schedule)
     };
     let mut trainer =
         Trainer::new(MaeTask { model, seed: cfg.seed }, trainer_cfg)?.with_collective(world.clone())?;

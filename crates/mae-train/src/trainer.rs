@@ -93,6 +93,32 @@ pub struct TrainerConfig {
     pub run_config: serde_json::Value,
 }
 
+impl TrainerConfig {
+    /// A run into `run_dir` following `schedule` (its `total_steps` are the run's), with the
+    /// defaults of `mae pretrain` for everything else: no accumulation, AdamW's defaults, no
+    /// clipping, stop after 5 non-finite steps in a row, a checkpoint every 200 steps (and at
+    /// epoch ends), the last 3 kept, a log line every 10 steps, seed 0, one process, progress
+    /// by terminal. Call sites name only what differs: `TrainerConfig { accum: 4, ..new(..) }`.
+    pub fn new(run_dir: impl Into<PathBuf>, schedule: LrSchedule) -> Self {
+        Self {
+            run_dir: run_dir.into(),
+            total_steps: schedule.total_steps,
+            accum: 1,
+            schedule,
+            adamw: AdamWConfig::default(),
+            clip_grad_norm: None,
+            max_nonfinite_in_a_row: 5,
+            checkpoint_every: 200,
+            keep_last: 3,
+            log_every: 10,
+            seed: 0,
+            world_size: 1,
+            progress: ProgressMode::Auto,
+            run_config: serde_json::Value::Null,
+        }
+    }
+}
+
 /// How a `fit` ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSummary {

@@ -75,20 +75,15 @@ impl BatchSource for ToyData {
 
 fn config(dir: &Path, total_steps: usize) -> TrainerConfig {
     TrainerConfig {
-        run_dir: dir.to_path_buf(),
-        total_steps,
         accum: 2,
-        schedule: LrSchedule { peak_lr: 0.05, min_lr: 0.001, warmup_steps: 3, total_steps },
-        adamw: AdamWConfig::default(),
         clip_grad_norm: Some(5.0),
         max_nonfinite_in_a_row: 3,
         checkpoint_every: 4,
         keep_last: 2,
         log_every: 1,
-        seed: 0,
-        world_size: 1,
         progress: ProgressMode::Silent,
         run_config: serde_json::json!({"toy": true}),
+        ..TrainerConfig::new(dir, LrSchedule { peak_lr: 0.05, min_lr: 0.001, warmup_steps: 3, total_steps })
     }
 }
 

@@ -25,21 +25,15 @@ fn random_encoder(config: &MaeConfig, seed: u64) -> Encoder {
 }
 
 fn trainer_config(run_dir: &Path, total_steps: usize, peak_lr: f64, weight_decay: f64) -> TrainerConfig {
+    let schedule = LrSchedule { peak_lr, min_lr: 0.0, warmup_steps: total_steps / 10, total_steps };
     TrainerConfig {
-        run_dir: run_dir.to_path_buf(),
-        total_steps,
-        accum: 1,
-        schedule: LrSchedule { peak_lr, min_lr: 0.0, warmup_steps: total_steps / 10, total_steps },
         adamw: mae_train::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay },
-        clip_grad_norm: None,
         max_nonfinite_in_a_row: 3,
         checkpoint_every: 0,
         keep_last: 1,
         log_every: 1000,
-        seed: 0,
-        world_size: 1,
         progress: ProgressMode::Silent,
-        run_config: serde_json::Value::Null,
+        ..TrainerConfig::new(run_dir, schedule)
     }
 }
 

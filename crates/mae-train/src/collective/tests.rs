@@ -8,8 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::*;
 use crate::{
-    write_tensors, AdamWConfig, BatchSource, LrSchedule, NoHooks, ProgressMode, Trainable, Trainer,
-    TrainerConfig,
+    write_tensors, BatchSource, LrSchedule, NoHooks, ProgressMode, Trainable, Trainer, TrainerConfig,
 };
 
 #[derive(Clone)]
@@ -211,20 +210,15 @@ impl BatchSource for Shard {
 
 fn lin_config(dir: &Path, world_size: usize) -> TrainerConfig {
     TrainerConfig {
-        run_dir: dir.to_path_buf(),
-        total_steps: 6,
         accum: 2,
-        schedule: LrSchedule { peak_lr: 0.05, min_lr: 0.0, warmup_steps: 1, total_steps: 6 },
-        adamw: AdamWConfig::default(),
-        clip_grad_norm: None,
         max_nonfinite_in_a_row: 3,
         checkpoint_every: 2,
         keep_last: 2,
         log_every: 1,
-        seed: 0,
         world_size,
         progress: ProgressMode::Silent,
         run_config: serde_json::json!({}),
+        ..TrainerConfig::new(dir, LrSchedule { peak_lr: 0.05, min_lr: 0.0, warmup_steps: 1, total_steps: 6 })
     }
 }
 
