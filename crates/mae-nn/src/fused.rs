@@ -386,19 +386,16 @@ impl CustomOp2 for GeluGrad {
         let dx = fill_pieces(x.len(), ELEMS_PER_CHUNK, 1, |i, dc| {
             let (xc, gc) = (piece(x, i, ELEMS_PER_CHUNK, dc.len()), piece(g, i, ELEMS_PER_CHUNK, dc.len()));
             for ((di, &xi), &gi) in dc.iter_mut().zip(xc).zip(gc) {
-                let pdf = (-0.5 * xi * xi).exp() * std::f32::consts::FRAC_2_SQRT_PI * 0.5
-                    / std::f32::consts::SQRT_2;
-                *di = gi * (normal_cdf(xi) + xi * pdf);
+                *di = gi * (normal_cdf(xi) + xi * normal_pdf(xi));
             }
         });
         output(dx, xl.shape())
     }
 }
 
-/// `Phi(x) = (1 + erf(x / sqrt 2)) / 2`, with the erf candle's own `gelu_erf` uses.
-fn normal_cdf(x: f32) -> f32 {
-    0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-}
+/// `Phi(x)` and `phi(x)`: branch-free, so the loops above vectorize (`crate::vmath`), where
+/// candle's own `gelu_erf` calls libm's scalar `erff` per value.
+use crate::vmath::{normal_cdf, normal_pdf};
 
 // ---------------------------------------------------------------------------------------------
 // Bias add

@@ -7,6 +7,7 @@
 
 pub mod fused;
 pub mod layers;
+pub mod vmath;
 
 use serde::{Deserialize, Serialize};
 
