@@ -23,7 +23,7 @@ const ELEMS_PER_CHUNK: usize = 1 << 14;
 
 /// True where the kernels here apply: f32 tensors on the CPU, unless `MAE_FUSED_CPU=0` (read
 /// once) asks for candle's composed ops, to compare speed or to rule the kernels out of a bug.
-fn on_cpu_f32(tensors: &[&Tensor]) -> bool {
+pub(crate) fn on_cpu_f32(tensors: &[&Tensor]) -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("MAE_FUSED_CPU").map_or(true, |v| v.trim() != "0"))
         && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
@@ -85,7 +85,7 @@ pub mod composed {
 // ---------------------------------------------------------------------------------------------
 // Plumbing: contiguous f32 slices in, a new f32 tensor out.
 
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
         None => candle_core::bail!("{what}: expected a contiguous tensor"),

@@ -3,14 +3,14 @@
 //!
 //! Every op here has a real backward: candle-nn 0.11's fused `LayerNorm`, `softmax_last_dim` and
 //! `sdpa` do not, and gradients would silently stop there. LayerNorm, softmax, GELU and the bias
-//! add run on our CPU kernels with their own backward ([`crate::fused`]), composed candle ops
-//! elsewhere.
+//! add run on our CPU kernels with their own backward ([`crate::fused`]), and so does attention
+//! ([`crate::attention`]); composed candle ops elsewhere.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::fused;
 pub use crate::fused::softmax_last_dim;
+use crate::{attention, fused};
 
 /// Mixed precision the way PyTorch's autocast does it: the weights (and the optimizer state)
 /// stay in their own dtype (f32), the matrix products run in `dtype` (bf16 on a GPU, where the
@@ -133,18 +133,9 @@ impl Attention {
 
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let h = self.num_heads;
-        // qkv: [B, N, 3D] -> [3, B, H, N, D/H]
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, h, d / h))?.permute((2, 0, 3, 1, 4))?;
-        let low = |t: Tensor| cast_for_compute(&t.contiguous()?, self.compute);
-        let q = low((qkv.get(0)? * self.scale)?)?;
-        let k = low(qkv.get(1)?)?;
-        let v = low(qkv.get(2)?)?;
-        let scores = q.matmul(&k.t()?)?.to_dtype(x.dtype())?; // [B, H, N, N]
-        let attn = low(softmax_last_dim(&scores)?)?;
-        let out = attn.matmul(&v)?.to_dtype(x.dtype())?; // [B, H, N, D/H]
-        self.proj.forward(&out.transpose(1, 2)?.reshape((b, n, d))?)
+        let qkv = self.qkv.forward(x)?; // [B, N, 3D], q, k, v heads side by side
+        let out = attention::attention(&qkv, self.num_heads, self.scale, self.compute)?; // [B, N, D]
+        self.proj.forward(&out)
     }
 }
 

@@ -1,10 +1,11 @@
 //! What the MAE encoder and decoder share: [`layers`] (Linear, LayerNorm, attention, MLP, the
-//! transformer block, in timm's names) and [`fused`] (the ops with our own forward and backward:
-//! CPU kernels, composed candle ops elsewhere), plus how position tables are made.
+//! transformer block, in timm's names), [`fused`] and [`attention`] (the ops with our own forward
+//! and backward: CPU kernels, composed candle ops elsewhere), plus how position tables are made.
 //!
 //! This crate knows nothing of images, masks or MAE: it is the transformer, and the place where
 //! the kernels of the hot path live.
 
+pub mod attention;
 pub mod fused;
 pub mod layers;
 pub mod vmath;
