@@ -21,6 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use crate::fused;
+use crate::vmath::exp_nonpositive;
 
 /// Self-attention of the qkv projection's output `[B, N, 3 * H * Dh]` (per token the q heads,
 /// then the k heads, then the v heads) with `num_heads` heads: `softmax(scale * q k^T) v`, as
@@ -259,30 +260,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `e^x` for the shifted logits `x <= 0` (Cephes' `expf`: `2^n * e^r` with `|r| <= ln2 / 2` and a
-/// degree-6 polynomial, within 2 ulp of `f32::exp`): plain arithmetic that the compiler
-/// vectorizes, where `f32::exp` is a libm call per value (the calls and the loop around them
-/// were a quarter of this op's time in a profile).
-/// Below -87 the result would leave the normal floats and is flushed to `e^-87` (1.6e-38, which
-/// no sum of probabilities notices); NaN stays NaN.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    let x = if x < -87.0 { -87.0 } else { x };
-    // n = round(x / ln 2) by the 1.5 * 2^23 trick (float addition rounds to an integer).
-    const ROUND: f32 = 12_582_912.0;
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4; // x - n ln2, ln2 in two parts
-    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e_r = poly * r * r + r + 1.0;
-    // 2^n built from its exponent bits; n is in [-126, 0], a normal float.
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    e_r * two_n
-}
-
 /// Runs `per_head(b, h)` for every head of every sample, in parallel.
 fn for_each_head(g: Geometry, per_head: impl Fn(usize, usize) + Sync) {
     (0..g.b * g.h).into_par_iter().for_each(|t| per_head(t / g.h, t % g.h));
@@ -463,17 +440,6 @@ mod tests {
             assert_close(&grad, &want_grad, 1e-5, &format!("{what}: qkv gradient"))?;
         }
         Ok(())
-    }
-
-    #[test]
-    fn the_exp_is_within_two_ulp() {
-        for i in 0..=200_000 {
-            let x = -87.0 * i as f32 / 200_000.0;
-            let (got, want) = (exp_nonpositive(x) as f64, (x as f64).exp());
-            assert!(((got - want) / want).abs() < 2.5e-7, "e^{x}: {got} against {want}");
-        }
-        assert!(exp_nonpositive(f32::NAN).is_nan());
-        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), exp_nonpositive(-87.0));
     }
 
     #[test]
