@@ -262,7 +262,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Runs `per_head(b, h)` for every head of every sample, in parallel.
 fn for_each_head(g: Geometry, per_head: impl Fn(usize, usize) + Sync) {
-    (0..g.b * g.h).into_par_iter().for_each(|t| per_head(t / g.h, t % g.h));
+    (0..g.b * g.h).into_par_iter().for_each(|t| crate::vmath::wide(|| per_head(t / g.h, t % g.h)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -118,9 +118,11 @@ fn fill_pieces(
 ) -> Vec<f32> {
     let mut out = vec![0f32; len];
     out.par_chunks_mut(width * per_task).enumerate().for_each(|(task, chunk)| {
-        for (j, piece) in chunk.chunks_mut(width).enumerate() {
-            fill(task * per_task + j, piece);
-        }
+        crate::vmath::wide(|| {
+            for (j, piece) in chunk.chunks_mut(width).enumerate() {
+                fill(task * per_task + j, piece);
+            }
+        })
     });
     out
 }
@@ -138,9 +140,11 @@ fn column_sums(rows: usize, width: usize, per_row: impl Fn(usize, &mut [f32]) + 
         .into_par_iter()
         .map(|c| {
             let mut acc = vec![0f32; width];
-            for r in c * ROWS_PER_CHUNK..((c + 1) * ROWS_PER_CHUNK).min(rows) {
-                per_row(r, &mut acc);
-            }
+            crate::vmath::wide(|| {
+                for r in c * ROWS_PER_CHUNK..((c + 1) * ROWS_PER_CHUNK).min(rows) {
+                    per_row(r, &mut acc);
+                }
+            });
             acc
         })
         .collect();

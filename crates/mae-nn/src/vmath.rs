@@ -4,6 +4,26 @@
 
 use std::f32::consts::{FRAC_1_SQRT_2, LOG2_E};
 
+/// Runs `f` with the loops inside it compiled for AVX2 (8 f32 lanes) when the CPU has it, else as
+/// built (SSE2's 4 lanes: the x86-64 baseline this crate is compiled for). Plain arithmetic is
+/// never contracted into fused multiply-adds and float sums are never reordered, so both paths
+/// give bit-identical results; only the vector width differs.
+#[inline(always)]
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// `e^x` for `x <= 0` (Cephes' `expf`: `2^n * e^r` with `|r| <= ln2 / 2` and a degree-6
 /// polynomial, within 2 ulp of `f32::exp`). Below -87 the result would leave the normal floats
 /// and is flushed to `e^-87` (1.6e-38); NaN stays NaN.
