@@ -374,20 +374,8 @@ impl CustomOp2 for AttentionGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    /// Deterministic values in [-scale, scale) (a fixed LCG, as in fused.rs's tests).
-    fn values(shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu)
-    }
+    use crate::test_support::values;
+    use candle_core::Var;
 
     /// The output and the gradient of qkv under a fixed random weighting of the output, through
     /// the kernel (`Some(true)`), the composed ops (`Some(false)`) or as [`attention`] chooses.

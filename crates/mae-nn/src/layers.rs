@@ -10,7 +10,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use crate::fused::softmax_last_dim;
-use crate::{attention, fused};
+use crate::{attention, fused, linear};
 
 /// Mixed precision the way PyTorch's autocast does it: the weights (and the optimizer state)
 /// stay in their own dtype (f32), the matrix products run in `dtype` (bf16 on a GPU, where the
@@ -28,9 +28,10 @@ pub fn cast_for_compute(x: &Tensor, compute: Option<DType>) -> Result<Tensor> {
 
 /// `nn.Linear`: `y = x W^T + b`, weight `[out, in]`.
 ///
-/// Inputs of any rank are flattened to one `[rows, in]` matmul. candle-nn's `Linear` instead
-/// broadcasts the weight over the batch, which makes the weight gradient a batch of small
-/// matmuls summed afterwards: several times slower on CPU for the same result.
+/// Inputs of any rank are flattened to one `[rows, in]` matmul ([`crate::linear`]: one op with
+/// its own backward on the CPU). candle-nn's `Linear` instead broadcasts the weight over the
+/// batch, which makes the weight gradient a batch of small matmuls summed afterwards: several
+/// times slower on CPU for the same result.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -61,11 +62,8 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let lhs = cast_for_compute(&x.reshape((rows, in_dim))?, self.compute)?;
         let weight = cast_for_compute(&self.weight, self.compute)?;
-        let y = lhs.matmul(&weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => fused::add_bias(&y, &cast_for_compute(b, self.compute)?)?,
-            None => y,
-        };
+        let bias = self.bias.as_ref().map(|b| cast_for_compute(b, self.compute)).transpose()?;
+        let y = linear::linear(&lhs, &weight, bias.as_ref())?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap_or(&mut 0) = self.weight.dim(0)?;
         y.reshape(out_dims)?.to_dtype(x.dtype())

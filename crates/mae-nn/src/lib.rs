@@ -8,7 +8,13 @@
 pub mod attention;
 pub mod fused;
 pub mod layers;
+pub mod linear;
 pub mod vmath;
+
+#[cfg(test)]
+mod grad_store_tests;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use serde::{Deserialize, Serialize};
 
