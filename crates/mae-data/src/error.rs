@@ -12,8 +12,10 @@ pub const ACCEPTED_SPECS: &str =
 /// the file, sample or option at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // The OS error is part of the message, not a `source`: reporters that print the chain
+    // (anyhow's `{:#}`) would print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path} does not exist (expected {expected})")]
     NotFound { path: PathBuf, expected: String },
     #[error("{path} is not a valid {what}: {message}")]
@@ -56,7 +58,7 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io { path: path.into(), error: source }
     }
 
     pub(crate) fn format(path: impl Into<PathBuf>, what: &'static str, message: impl Into<String>) -> Self {

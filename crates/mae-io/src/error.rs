@@ -4,8 +4,10 @@ use std::path::PathBuf;
 /// value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum MaeError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // The OS error is part of the message, not a `source`: reporters that print the chain
+    // (anyhow's `{:#}`) would print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path} is not a valid {what}: {message}")]
     Format { path: PathBuf, what: &'static str, message: String },
     #[error("unknown preset `{name}`; available presets: {}", available.join(", "))]
@@ -26,6 +28,6 @@ pub type Result<T, E = MaeError> = std::result::Result<T, E>;
 
 impl MaeError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io { path: path.into(), error: source }
     }
 }

@@ -144,16 +144,35 @@ impl Checkpoints {
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         }
-        fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        write_model(&tmp.join("model.safetensors"))?;
-        if fault_armed(state.step) {
-            std::process::abort();
+        let written = (|| {
+            fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+            write_model(&tmp.join("model.safetensors"))?;
+            if fault_armed(state.step) {
+                std::process::abort();
+            }
+            write_tensors(&tmp.join("optimizer.safetensors"), optimizer)?;
+            let json =
+                serde_json::to_vec_pretty(state).map_err(|e| TrainError::checkpoint(&tmp, e.to_string()))?;
+            write_synced(&tmp.join("state.json"), &json)?;
+            sync_dir(&tmp);
+            Ok(())
+        })();
+        if let Err(e) = written {
+            // A partial checkpoint is never read, and it holds the space the next try needs.
+            let _ = fs::remove_dir_all(&tmp);
+            if !is_out_of_space(&e) {
+                return Err(e);
+            }
+            return Err(TrainError::checkpoint(
+                &dest,
+                format!(
+                    "no space left on the device ({e}); a checkpoint of this run needs about {} MB. \
+                     The partial write was removed and the previous checkpoints are intact: free \
+                     some space (or lower --keep-last) and resume",
+                    checkpoint_bytes(optimizer).div_ceil(1 << 20)
+                ),
+            ));
         }
-        write_tensors(&tmp.join("optimizer.safetensors"), optimizer)?;
-        let json =
-            serde_json::to_vec_pretty(state).map_err(|e| TrainError::checkpoint(&tmp, e.to_string()))?;
-        write_synced(&tmp.join("state.json"), &json)?;
-        sync_dir(&tmp);
         if dest.exists() {
             fs::remove_dir_all(&dest).map_err(|e| TrainError::io(&dest, e))?;
         }
@@ -203,15 +222,20 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Copies `checkpoint` to `best/` (replacing the previous best).
+    /// Makes `best/` hold the files of `checkpoint` (replacing the previous best): hard links
+    /// where the file system has them, so the best checkpoint costs no second copy on disk
+    /// (checkpoint files are never rewritten in place, and a pruned checkpoint's files live on
+    /// through the links); copies elsewhere.
     pub fn mark_best(&self, checkpoint: &Path) -> Result<()> {
         let tmp = self.root.join(".tmp-best");
         let best = self.root.join("best");
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
-            fs::copy(checkpoint.join(file), tmp.join(file))
-                .map_err(|e| TrainError::io(checkpoint.join(file), e))?;
+            let (from, to) = (checkpoint.join(file), tmp.join(file));
+            fs::hard_link(&from, &to)
+                .or_else(|_| fs::copy(&from, &to).map(|_| ()))
+                .map_err(|e| TrainError::io(&from, e))?;
         }
         if best.exists() {
             fs::remove_dir_all(&best).map_err(|e| TrainError::io(&best, e))?;
@@ -220,6 +244,24 @@ impl Checkpoints {
         sync_dir(&self.root);
         Ok(())
     }
+}
+
+/// Whether `e` is the OS saying the disk (or the user's quota) is full.
+fn is_out_of_space(e: &TrainError) -> bool {
+    match e {
+        TrainError::Io { error, .. } => {
+            error.kind() == std::io::ErrorKind::StorageFull || error.raw_os_error() == Some(28)
+        }
+        // Errors of the model's writer arrive as text.
+        other => other.to_string().contains("No space left on device"),
+    }
+}
+
+/// About what one checkpoint takes on disk: the optimizer state (AdamW's two moments) and the
+/// model, which is half of it.
+fn checkpoint_bytes(optimizer: &HashMap<String, Tensor>) -> usize {
+    let state: usize = optimizer.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+    state + state / 2
 }
 
 /// Reads `state.json` of a checkpoint folder.
@@ -238,4 +280,94 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
         ));
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: usize) -> TrainState {
+        TrainState {
+            version: STATE_VERSION,
+            written_by: "test".into(),
+            step,
+            epoch: 0,
+            batch_in_epoch: 0,
+            seed: 0,
+            world_size: 1,
+            recent_loss: None,
+            run_config: serde_json::Value::Null,
+        }
+    }
+
+    fn moments() -> HashMap<String, Tensor> {
+        let m = Tensor::zeros((1024, 512), candle_core::DType::F32, &Device::Cpu).expect("zeros");
+        HashMap::from([("m".to_string(), m.clone()), ("v".to_string(), m)])
+    }
+
+    fn write_model(path: &Path) -> Result<()> {
+        write_synced(path, b"model")
+    }
+
+    fn leftovers(root: &Path) -> Vec<String> {
+        fs::read_dir(root)
+            .expect("checkpoints folder")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tmp-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_full_disk_removes_the_partial_write_and_says_how_much_space_is_needed() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| TrainError::io("tempdir", e))?;
+        let ckpts = Checkpoints::new(dir.path().join("checkpoints"));
+        let first = ckpts.save(&state(1), write_model, &moments())?;
+        let full = |p: &Path| -> Result<()> {
+            fs::write(p, b"partial").map_err(|e| TrainError::io(p, e))?;
+            Err(TrainError::io(p, std::io::Error::from_raw_os_error(28)))
+        };
+        let err = ckpts.save(&state(2), full, &moments()).expect_err("the disk is full").to_string();
+        // Two moments of 2 MiB each, and a model of half their size.
+        assert!(err.contains("no space left") && err.contains("about 6 MB"), "{err}");
+        assert_eq!(err.matches("os error 28").count(), 1, "{err}");
+        assert!(leftovers(ckpts.root()).is_empty());
+        assert_eq!(ckpts.list()?, vec![first.clone()]);
+        assert_eq!(
+            fs::read(first.join("model.safetensors")).map_err(|e| TrainError::io(&first, e))?,
+            b"model"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn other_write_errors_pass_through_and_leave_nothing_behind() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| TrainError::io("tempdir", e))?;
+        let ckpts = Checkpoints::new(dir.path());
+        let broken =
+            |_: &Path| -> Result<()> { Err(TrainError::Model("the model cannot be written".into())) };
+        let err = ckpts.save(&state(3), broken, &moments()).expect_err("fails").to_string();
+        assert_eq!(err, "the model cannot be written");
+        assert!(leftovers(ckpts.root()).is_empty());
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn best_shares_the_files_of_its_checkpoint_and_outlives_it() -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().map_err(|e| TrainError::io("tempdir", e))?;
+        let ckpts = Checkpoints::new(dir.path());
+        let step = ckpts.save(&state(4), write_model, &moments())?;
+        ckpts.mark_best(&step)?;
+        let inode = |p: PathBuf| fs::metadata(&p).map(|m| m.ino()).map_err(|e| TrainError::io(p, e));
+        let best = dir.path().join("best");
+        assert_eq!(inode(best.join("optimizer.safetensors"))?, inode(step.join("optimizer.safetensors"))?);
+        ckpts.save(&state(5), write_model, &moments())?;
+        ckpts.prune(1)?;
+        assert!(!step.exists());
+        assert_eq!(read_state(&best)?.step, 4);
+        assert_eq!(read_tensors(&best.join("optimizer.safetensors"), &Device::Cpu)?.len(), 2);
+        Ok(())
+    }
 }
