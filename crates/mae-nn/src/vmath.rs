@@ -4,24 +4,67 @@
 
 use std::f32::consts::{FRAC_1_SQRT_2, LOG2_E};
 
-/// Runs `f` with the loops inside it compiled for AVX2 (8 f32 lanes) when the CPU has it, else as
-/// built (SSE2's 4 lanes: the x86-64 baseline this crate is compiled for). Plain arithmetic is
-/// never contracted into fused multiply-adds and float sums are never reordered, so both paths
-/// give bit-identical results; only the vector width differs.
+/// Runs `f` with the loops inside it compiled for the widest vectors the CPU has: AVX-512 (16 f32
+/// lanes), AVX2 (8), or as built (SSE2's 4: the x86-64 baseline this crate is compiled for).
+/// Plain arithmetic is never contracted into fused multiply-adds and float sums are never
+/// reordered, so every path gives bit-identical results; only the vector width differs.
+/// `MAE_SIMD=avx2` or `MAE_SIMD=baseline` (read once) caps the width, to compare.
 #[inline(always)]
 pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    at_width(simd_width(), f)
+}
+
+/// Runs `f` compiled for `width` if the CPU has it, else as built.
+#[inline(always)]
+pub fn at_width<R>(width: Width, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
         #[target_feature(enable = "avx2")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if width == Width::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { avx512(f) };
+        }
+        if width != Width::Baseline && std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, checked just above.
             return unsafe { avx2(f) };
         }
     }
+    let _ = width;
     f()
+}
+
+/// The vector width [`wide`] compiles its loops for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+/// The widest vectors this CPU has, capped by `MAE_SIMD` (`avx2`, `baseline`); decided once.
+pub fn simd_width() -> Width {
+    static WIDTH: std::sync::OnceLock<Width> = std::sync::OnceLock::new();
+    *WIDTH.get_or_init(|| {
+        let cap = std::env::var("MAE_SIMD").unwrap_or_default();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if cap != "avx2" && cap != "baseline" && std::arch::is_x86_feature_detected!("avx512f") {
+                return Width::Avx512;
+            }
+            if cap != "baseline" && std::arch::is_x86_feature_detected!("avx2") {
+                return Width::Avx2;
+            }
+        }
+        let _ = cap;
+        Width::Baseline
+    })
 }
 
 /// `e^x` for `x <= 0` (Cephes' `expf`: `2^n * e^r` with `|r| <= ln2 / 2` and a degree-6
@@ -113,6 +156,24 @@ mod tests {
         assert!((normal_cdf(-1.0) - 0.158_655_25).abs() < 1e-6);
         assert!(normal_cdf(-40.0) >= 0.0 && normal_cdf(40.0) == 1.0);
         assert!(normal_cdf(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn every_vector_width_gives_the_same_bits() {
+        let xs: Vec<f32> = (-40_000..=40_000).map(|i| i as f32 * 3e-4).collect();
+        let run = |width| {
+            at_width(width, || {
+                let mut out = vec![0f32; xs.len() * 2];
+                for (o, &x) in out.chunks_mut(2).zip(&xs) {
+                    o[0] = x * normal_cdf(x);
+                    o[1] = normal_cdf(x) + x * normal_pdf(x);
+                }
+                out.into_iter().map(f32::to_bits).collect::<Vec<_>>()
+            })
+        };
+        let baseline = run(Width::Baseline);
+        assert_eq!(run(Width::Avx2), baseline);
+        assert_eq!(run(Width::Avx512), baseline);
     }
 
     #[test]
