@@ -220,6 +220,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 ///
 /// # Safety
 /// `q` and `k` must address `n x dh` valid values.
+#[inline(always)] // into the caller's vector width (vmath::wide)
 unsafe fn probabilities(n: usize, dh: usize, q: View, k: View, scale: f32, p: &mut [f32]) {
     matmul(n, n, dh, p.as_mut_ptr(), n, q, k.t(), scale);
     for row in p.chunks_exact_mut(n) {
@@ -248,6 +249,7 @@ fn lanes(xs: &[f32], init: f32, step: impl Fn(f32, f32) -> f32, combine: impl Fn
 }
 
 /// `sum(a * b)` in the 8 lanes of [`lanes`].
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -262,7 +264,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Runs `per_head(b, h)` for every head of every sample, in parallel.
 fn for_each_head(g: Geometry, per_head: impl Fn(usize, usize) + Sync) {
-    (0..g.b * g.h).into_par_iter().for_each(|t| crate::vmath::wide(|| per_head(t / g.h, t % g.h)));
+    (0..g.b * g.h).into_par_iter().for_each(|t| {
+        crate::vmath::wide(
+            #[inline(always)]
+            || per_head(t / g.h, t % g.h),
+        )
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -118,16 +118,20 @@ pub(crate) fn fill_pieces(
 ) -> Vec<f32> {
     let mut out = vec![0f32; len];
     out.par_chunks_mut(width * per_task).enumerate().for_each(|(task, chunk)| {
-        crate::vmath::wide(|| {
-            for (j, piece) in chunk.chunks_mut(width).enumerate() {
-                fill(task * per_task + j, piece);
-            }
-        })
+        crate::vmath::wide(
+            #[inline(always)]
+            || {
+                for (j, piece) in chunk.chunks_mut(width).enumerate() {
+                    fill(task * per_task + j, piece);
+                }
+            },
+        )
     });
     out
 }
 
 /// The i-th piece of `width` of `values`, `len` long.
+#[inline(always)]
 fn piece(values: &[f32], i: usize, width: usize, len: usize) -> &[f32] {
     &values[i * width..i * width + len]
 }
@@ -140,11 +144,14 @@ fn column_sums(rows: usize, width: usize, per_row: impl Fn(usize, &mut [f32]) + 
         .into_par_iter()
         .map(|c| {
             let mut acc = vec![0f32; width];
-            crate::vmath::wide(|| {
-                for r in c * ROWS_PER_CHUNK..((c + 1) * ROWS_PER_CHUNK).min(rows) {
-                    per_row(r, &mut acc);
-                }
-            });
+            crate::vmath::wide(
+                #[inline(always)]
+                || {
+                    for r in c * ROWS_PER_CHUNK..((c + 1) * ROWS_PER_CHUNK).min(rows) {
+                        per_row(r, &mut acc);
+                    }
+                },
+            );
             acc
         })
         .collect();
@@ -187,13 +194,19 @@ impl CustomOp3 for LayerNorm {
         let d = row_len(xl, Some(wl), "layer_norm weight")?;
         row_len(xl, Some(bl), "layer_norm bias")?;
         let (x, w, b) = (slice(xs, xl, "layer_norm")?, slice(ws, wl, "weight")?, slice(bs, bl, "bias")?);
-        let y = fill_pieces(x.len(), d, ROWS_PER_CHUNK, |r, yr| {
-            let xr = piece(x, r, d, d);
-            let (mean, rstd) = row_stats(xr, self.eps);
-            for i in 0..d {
-                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-            }
-        });
+        let y = fill_pieces(
+            x.len(),
+            d,
+            ROWS_PER_CHUNK,
+            #[inline(always)]
+            |r, yr| {
+                let xr = piece(x, r, d, d);
+                let (mean, rstd) = row_stats(xr, self.eps);
+                for i in 0..d {
+                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+                }
+            },
+        );
         output(y, xl.shape())
     }
 
@@ -233,22 +246,28 @@ impl CustomOp3 for LayerNormGradInput {
     ) -> Result<(CpuStorage, Shape)> {
         let d = row_len(xl, Some(wl), "layer_norm backward")?;
         let (x, w, g) = (slice(xs, xl, "x")?, slice(ws, wl, "weight")?, slice(gs, gl, "grad")?);
-        let dx = fill_pieces(x.len(), d, ROWS_PER_CHUNK, |r, dr| {
-            let (xr, gr) = (piece(x, r, d, d), piece(g, r, d, d));
-            let (mean, rstd) = row_stats(xr, self.eps);
-            // dr holds g * w until the last loop turns it into dx.
-            let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
-            for i in 0..d {
-                dr[i] = gr[i] * w[i];
-                sum_gw += dr[i] as f64;
-                sum_gw_xhat += (dr[i] * (xr[i] - mean) * rstd) as f64;
-            }
-            let (m1, m2) = ((sum_gw / d as f64) as f32, (sum_gw_xhat / d as f64) as f32);
-            for i in 0..d {
-                let xhat = (xr[i] - mean) * rstd;
-                dr[i] = rstd * (dr[i] - m1 - xhat * m2);
-            }
-        });
+        let dx = fill_pieces(
+            x.len(),
+            d,
+            ROWS_PER_CHUNK,
+            #[inline(always)]
+            |r, dr| {
+                let (xr, gr) = (piece(x, r, d, d), piece(g, r, d, d));
+                let (mean, rstd) = row_stats(xr, self.eps);
+                // dr holds g * w until the last loop turns it into dx.
+                let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
+                for i in 0..d {
+                    dr[i] = gr[i] * w[i];
+                    sum_gw += dr[i] as f64;
+                    sum_gw_xhat += (dr[i] * (xr[i] - mean) * rstd) as f64;
+                }
+                let (m1, m2) = ((sum_gw / d as f64) as f32, (sum_gw_xhat / d as f64) as f32);
+                for i in 0..d {
+                    let xhat = (xr[i] - mean) * rstd;
+                    dr[i] = rstd * (dr[i] - m1 - xhat * m2);
+                }
+            },
+        );
         output(dx, xl.shape())
     }
 }
@@ -272,15 +291,20 @@ impl CustomOp2 for LayerNormGradParams {
     ) -> Result<(CpuStorage, Shape)> {
         let d = row_len(xl, None, "layer_norm backward")?;
         let (x, g) = (slice(xs, xl, "x")?, slice(gs, gl, "grad")?);
-        let sums = column_sums(x.len() / d, 2 * d, |r, acc| {
-            let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
-            let (mean, rstd) = row_stats(xr, self.eps);
-            let (dw, db) = acc.split_at_mut(d);
-            for i in 0..d {
-                dw[i] += gr[i] * (xr[i] - mean) * rstd;
-                db[i] += gr[i];
-            }
-        });
+        let sums = column_sums(
+            x.len() / d,
+            2 * d,
+            #[inline(always)]
+            |r, acc| {
+                let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+                let (mean, rstd) = row_stats(xr, self.eps);
+                let (dw, db) = acc.split_at_mut(d);
+                for i in 0..d {
+                    dw[i] += gr[i] * (xr[i] - mean) * rstd;
+                    db[i] += gr[i];
+                }
+            },
+        );
         output(sums, &Shape::from((2, d)))
     }
 }
@@ -298,17 +322,23 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = row_len(xl, None, "softmax")?;
         let x = slice(xs, xl, "softmax")?;
-        let y = fill_pieces(x.len(), d, ROWS_PER_CHUNK, |r, yr| {
-            let xr = piece(x, r, d, d);
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (yi, &xi) in yr.iter_mut().zip(xr) {
-                *yi = (xi - max).exp();
-                sum += *yi;
-            }
-            let inv = 1.0 / sum;
-            yr.iter_mut().for_each(|v| *v *= inv);
-        });
+        let y = fill_pieces(
+            x.len(),
+            d,
+            ROWS_PER_CHUNK,
+            #[inline(always)]
+            |r, yr| {
+                let xr = piece(x, r, d, d);
+                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (yi, &xi) in yr.iter_mut().zip(xr) {
+                    *yi = (xi - max).exp();
+                    sum += *yi;
+                }
+                let inv = 1.0 / sum;
+                yr.iter_mut().for_each(|v| *v *= inv);
+            },
+        );
         output(y, xl.shape())
     }
 
@@ -334,13 +364,19 @@ impl CustomOp2 for SoftmaxGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let d = row_len(yl, None, "softmax backward")?;
         let (y, g) = (slice(ys, yl, "y")?, slice(gs, gl, "grad")?);
-        let dx = fill_pieces(y.len(), d, ROWS_PER_CHUNK, |r, dr| {
-            let (yr, gr) = (piece(y, r, d, d), piece(g, r, d, d));
-            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-            for i in 0..d {
-                dr[i] = yr[i] * (gr[i] - dot);
-            }
-        });
+        let dx = fill_pieces(
+            y.len(),
+            d,
+            ROWS_PER_CHUNK,
+            #[inline(always)]
+            |r, dr| {
+                let (yr, gr) = (piece(y, r, d, d), piece(g, r, d, d));
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for i in 0..d {
+                    dr[i] = yr[i] * (gr[i] - dot);
+                }
+            },
+        );
         output(dx, yl.shape())
     }
 }
@@ -357,12 +393,18 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(xs, xl, "gelu")?;
-        let y = fill_pieces(x.len(), ELEMS_PER_CHUNK, 1, |i, yc| {
-            let xc = piece(x, i, ELEMS_PER_CHUNK, yc.len());
-            for (yi, &xi) in yc.iter_mut().zip(xc) {
-                *yi = xi * normal_cdf(xi);
-            }
-        });
+        let y = fill_pieces(
+            x.len(),
+            ELEMS_PER_CHUNK,
+            1,
+            #[inline(always)]
+            |i, yc| {
+                let xc = piece(x, i, ELEMS_PER_CHUNK, yc.len());
+                for (yi, &xi) in yc.iter_mut().zip(xc) {
+                    *yi = xi * normal_cdf(xi);
+                }
+            },
+        );
         output(y, xl.shape())
     }
 
@@ -387,12 +429,19 @@ impl CustomOp2 for GeluGrad {
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (slice(xs, xl, "x")?, slice(gs, gl, "grad")?);
-        let dx = fill_pieces(x.len(), ELEMS_PER_CHUNK, 1, |i, dc| {
-            let (xc, gc) = (piece(x, i, ELEMS_PER_CHUNK, dc.len()), piece(g, i, ELEMS_PER_CHUNK, dc.len()));
-            for ((di, &xi), &gi) in dc.iter_mut().zip(xc).zip(gc) {
-                *di = gi * (normal_cdf(xi) + xi * normal_pdf(xi));
-            }
-        });
+        let dx = fill_pieces(
+            x.len(),
+            ELEMS_PER_CHUNK,
+            1,
+            #[inline(always)]
+            |i, dc| {
+                let (xc, gc) =
+                    (piece(x, i, ELEMS_PER_CHUNK, dc.len()), piece(g, i, ELEMS_PER_CHUNK, dc.len()));
+                for ((di, &xi), &gi) in dc.iter_mut().zip(xc).zip(gc) {
+                    *di = gi * (normal_cdf(xi) + xi * normal_pdf(xi));
+                }
+            },
+        );
         output(dx, xl.shape())
     }
 }
@@ -420,11 +469,17 @@ impl CustomOp2 for AddBias {
     ) -> Result<(CpuStorage, Shape)> {
         let d = row_len(yl, Some(bl), "bias add")?;
         let (y, b) = (slice(ys, yl, "y")?, slice(bs, bl, "bias")?);
-        let out = fill_pieces(y.len(), d, ROWS_PER_CHUNK, |r, or| {
-            for ((o, &v), &bi) in or.iter_mut().zip(piece(y, r, d, d)).zip(b) {
-                *o = v + bi;
-            }
-        });
+        let out = fill_pieces(
+            y.len(),
+            d,
+            ROWS_PER_CHUNK,
+            #[inline(always)]
+            |r, or| {
+                for ((o, &v), &bi) in or.iter_mut().zip(piece(y, r, d, d)).zip(b) {
+                    *o = v + bi;
+                }
+            },
+        );
         output(out, yl.shape())
     }
 
@@ -456,9 +511,14 @@ impl CustomOp1 for ColumnSums {
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = row_len(gl, None, "column sums")?;
         let g = slice(gs, gl, "grad")?;
-        let sums = column_sums(g.len() / d, d, |r, acc| {
-            acc.iter_mut().zip(&g[r * d..(r + 1) * d]).for_each(|(a, v)| *a += v);
-        });
+        let sums = column_sums(
+            g.len() / d,
+            d,
+            #[inline(always)]
+            |r, acc| {
+                acc.iter_mut().zip(&g[r * d..(r + 1) * d]).for_each(|(a, v)| *a += v);
+            },
+        );
         output(sums, &Shape::from(d))
     }
 }

@@ -9,6 +9,10 @@ use std::f32::consts::{FRAC_1_SQRT_2, LOG2_E};
 /// Plain arithmetic is never contracted into fused multiply-adds and float sums are never
 /// reordered, so every path gives bit-identical results; only the vector width differs.
 /// `MAE_SIMD=avx2` or `MAE_SIMD=baseline` (read once) caps the width, to compare.
+///
+/// Only code inlined into `f` gets the wider vectors: a closure or function that stays a call
+/// is compiled for the baseline. So the closures given to `wide` and the kernels they call are
+/// `#[inline(always)]` (without it the GELU loops ran on SSE's 4 lanes).
 #[inline(always)]
 pub fn wide<R>(f: impl FnOnce() -> R) -> R {
     at_width(simd_width(), f)
