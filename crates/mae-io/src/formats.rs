@@ -10,7 +10,7 @@
 //! | official (facebookresearch/mae) | `.pth` with the weights under `"model"` | ours | none: read from the shapes |
 //!
 //! PyTorch files are read with candle's pickle reader (the zip format of `torch.save`, PyTorch
-//! 1.6 and later). Every tensor is checked against the configuration when a model is built from
+//! 1.6 and later; [`crate::torch_zip`] checks every declared size first). Every tensor is checked against the configuration when a model is built from
 //! a [`Checkpoint`], and errors name the tensor (and what the file calls it).
 
 use std::collections::{BTreeSet, HashMap};
@@ -442,7 +442,7 @@ fn read_tensors(path: &Path, device: &Device) -> Result<FileTensors> {
     let magic = &magic[..n];
     if magic.starts_with(b"PK\x03\x04") {
         return Ok(FileTensors {
-            tensors: read_pickle(path)?,
+            tensors: crate::torch_zip::read_pickle(path)?,
             header: None,
             encoder_header: None,
             pickled: true,
@@ -460,42 +460,6 @@ fn read_tensors(path: &Path, device: &Device) -> Result<FileTensors> {
     let header = file.mae_config()?;
     let encoder_header = file.classifier_encoder_config()?;
     Ok(FileTensors { tensors: file.tensors, header, encoder_header, pickled: false })
-}
-
-/// The state dict of a `torch.save` file: under `"model"` (the paper's checkpoints), under
-/// `"state_dict"`, or at the top (`pytorch_model.bin`).
-fn read_pickle(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let bad = |m: String| format_error(path, "PyTorch checkpoint", m);
-    let mut last_error = String::new();
-    for key in [Some("model"), Some("state_dict"), None] {
-        let pth = match candle_core::pickle::PthTensors::new(path, key) {
-            Ok(pth) => pth,
-            Err(e) => {
-                last_error = e.to_string();
-                continue;
-            }
-        };
-        if pth.tensor_infos().is_empty() {
-            continue;
-        }
-        let mut names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
-        names.sort();
-        let mut tensors = HashMap::with_capacity(names.len());
-        for name in names {
-            match pth.get(&name) {
-                Ok(Some(t)) => {
-                    tensors.insert(name, t);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(bad(format!("tensor `{name}`: {e}"))),
-            }
-        }
-        return Ok(tensors);
-    }
-    Err(bad(format!(
-        "no state dict in it (looked under \"model\", under \"state_dict\" and at the top level){}",
-        if last_error.is_empty() { String::new() } else { format!(": {last_error}") }
-    )))
 }
 
 /// What a `config.json` describes.

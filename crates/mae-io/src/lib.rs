@@ -17,6 +17,7 @@ pub mod formats;
 pub mod hub;
 pub mod io;
 pub mod naming;
+mod torch_zip;
 
 pub use config::{MaeConfig, StackShape, PRESETS};
 pub use error::{MaeError, Result};
