@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 /// Rows per task of the row-parallel loops, and per partial sum of the column reductions
 /// (a constant, so that the sums do not depend on the thread count).
-const ROWS_PER_CHUNK: usize = 32;
+pub(crate) const ROWS_PER_CHUNK: usize = 32;
 
 /// Elements per task of the element-wise loops.
 const ELEMS_PER_CHUNK: usize = 1 << 14;

@@ -65,7 +65,9 @@ impl LinearOp {
                 if b.len() != out {
                     candle_core::bail!("linear: a bias of {} for {out} outputs", b.len());
                 }
-                fused::fill_pieces(rows * out, out, 32, |_, row| row.copy_from_slice(&b[..row.len()]))
+                fused::fill_pieces(rows * out, out, fused::ROWS_PER_CHUNK, |_, row| {
+                    row.copy_from_slice(&b[..row.len()])
+                })
             }
             None => vec![0f32; rows * out],
         };
