@@ -205,7 +205,7 @@ pub fn knn(args: KnnArgs) -> Result<()> {
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  mae info --weights runs/20261128-190203\n  mae info --weights fixtures/hf_tiny_a\n  mae info --presets"
+    after_help = "Examples:\n  mae info --weights runs/20261128-190203\n  mae info --weights fixtures/hf_tiny_a\n  mae info --presets\n  mae info --presets --json"
 )]
 pub struct InfoArgs {
     /// A run folder, checkpoint folder, .safetensors file or Hugging Face model folder.
@@ -214,9 +214,21 @@ pub struct InfoArgs {
     /// List the presets instead.
     #[arg(long)]
     pub presets: bool,
+    /// With --presets: print one JSON object, preset name -> its full config
+    /// (what `cargo xtask bench` reads the model shapes from).
+    #[arg(long, requires = "presets")]
+    pub json: bool,
 }
 
 pub fn info(args: InfoArgs) -> Result<()> {
+    if args.presets && args.json {
+        let mut all = serde_json::Map::new();
+        for name in mae::PRESETS {
+            all.insert(name.to_string(), serde_json::to_value(MaeConfig::preset(name)?)?);
+        }
+        println!("{}", serde_json::Value::Object(all));
+        return Ok(());
+    }
     if args.presets {
         for name in mae::PRESETS {
             let c = MaeConfig::preset(name)?;
