@@ -18,19 +18,6 @@ use crate::error::{Result, TrainError};
 /// Format version of `state.json`.
 pub const STATE_VERSION: u32 = 1;
 
-/// Environment variable for crash tests: `abort-in-checkpoint` aborts the process after the
-/// model file of a checkpoint is written and before the checkpoint is complete;
-/// `abort-in-checkpoint:N` does so only in the checkpoint of step N.
-pub const FAULT_ENV: &str = "MAE_FAULT_INJECT";
-
-fn fault_armed(step: usize) -> bool {
-    match std::env::var(FAULT_ENV).as_deref() {
-        Ok("abort-in-checkpoint") => true,
-        Ok(v) => v.strip_prefix("abort-in-checkpoint:").and_then(|n| n.parse().ok()) == Some(step),
-        Err(_) => false,
-    }
-}
-
 /// `state.json`: where training stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -147,7 +134,7 @@ impl Checkpoints {
         let written = (|| {
             fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
             write_model(&tmp.join("model.safetensors"))?;
-            if fault_armed(state.step) {
+            if crate::fault::abort_in_checkpoint(state.step) {
                 std::process::abort();
             }
             write_tensors(&tmp.join("optimizer.safetensors"), optimizer)?;

@@ -12,6 +12,7 @@
 mod checkpoint;
 pub mod collective;
 mod error;
+mod fault;
 mod metrics;
 mod optim;
 mod optim_cpu;
@@ -20,11 +21,10 @@ mod progress;
 mod schedule;
 mod trainer;
 
-pub use checkpoint::{
-    load_vars, read_state, read_tensors, write_tensors, Checkpoints, TrainState, FAULT_ENV,
-};
+pub use checkpoint::{load_vars, read_state, read_tensors, write_tensors, Checkpoints, TrainState};
 pub use collective::{Collective, SingleProcess};
 pub use error::{Result, TrainError};
+pub use fault::FAULT_ENV;
 pub use metrics::{read_steps, MetricsLog, StepRecord};
 pub use optim::{decays, AdamW, AdamWConfig, ParamOptions};
 pub use plot::plot_loss;

@@ -16,13 +16,15 @@ use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 
-use crate::checkpoint::{self, Checkpoints, TrainState, FAULT_ENV, STATE_VERSION};
-use crate::collective::{self, Collective, SingleProcess, DEFAULT_BUCKET_BYTES};
+use crate::checkpoint::{self, Checkpoints, TrainState, STATE_VERSION};
+use crate::collective::{Collective, SingleProcess, DEFAULT_BUCKET_BYTES};
 use crate::error::{Result, TrainError};
 use crate::metrics::{MetricsLog, StepRecord};
 use crate::optim::{AdamW, AdamWConfig, ParamOptions};
 use crate::progress::{Progress, ProgressMode};
 use crate::schedule::LrSchedule;
+
+mod ranks;
 
 /// Something that can be trained: the loss of a batch and its named variables.
 pub trait Trainable {
@@ -141,17 +143,6 @@ pub struct Trainer<M: Trainable> {
     bucket_bytes: usize,
 }
 
-/// `fail-rank:R:step:S` in [`FAULT_ENV`]: rank R returns an error in step S (1-based, as logged),
-/// after its backward pass and before the gradients are reduced, i.e. while the other ranks wait
-/// for it in the all-reduce.
-fn injected_failure(rank: usize, step: usize) -> Option<String> {
-    let spec = std::env::var(FAULT_ENV).ok()?;
-    let rest = spec.strip_prefix("fail-rank:")?;
-    let (r, s) = rest.split_once(":step:")?;
-    let (r, s) = (r.parse::<usize>().ok()?, s.parse::<usize>().ok()?);
-    (r == rank && s == step).then(|| format!("rank {rank} fails in step {step} ({FAULT_ENV}={spec})"))
-}
-
 impl<M: Trainable> Trainer<M> {
     pub fn new(model: M, config: TrainerConfig) -> Result<Self> {
         if config.accum == 0 || config.total_steps == 0 {
@@ -245,105 +236,41 @@ impl<M: Trainable> Trainer<M> {
         Ok(())
     }
 
-    /// Start of a data-parallel `fit`: every rank must stand at rank 0's position (same
-    /// checkpoint), then takes rank 0's parameters.
-    fn sync_start(&mut self) -> Result<()> {
-        let world = self.world.clone();
-        let here = format!("{}:{}:{}", self.state.step, self.state.epoch, self.state.batch_in_epoch);
-        let main = collective::broadcast_string(world.as_ref(), &here, 0)?;
-        if main != here {
-            return Err(TrainError::Config(format!(
-                "rank {} starts at step:epoch:batch {here}, rank 0 at {main}: every rank must resume from \
-                 the same checkpoint (put the run folder on a file system all nodes share)",
-                world.rank()
-            )));
-        }
-        self.broadcast_parameters()
-    }
-
-    fn broadcast_parameters(&mut self) -> Result<()> {
-        let tensors: Vec<Tensor> = self.vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
-        let synced = collective::broadcast_tensors(self.world.as_ref(), &tensors, 0, self.bucket_bytes)?;
-        for ((_, var), value) in self.vars.iter().zip(synced) {
-            // A copy: on rank 0 the broadcast may hand back a view of the variable itself.
-            var.set(&value.copy()?)?;
-        }
-        Ok(())
-    }
-
-    /// Compares a fingerprint of every rank's parameters with rank 0's. They cannot differ if
-    /// the all-reduce gives every rank the same sums (as MPI implementations do); if they ever
-    /// do, the drift is reported and repaired from rank 0.
-    fn check_in_sync(&mut self) -> Result<()> {
-        let tensors: Vec<Tensor> = self.vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
-        let mine = collective::fingerprint(&tensors)?.to_string();
-        let main = collective::broadcast_string(self.world.as_ref(), &mine, 0)?;
-        let mut drifted = [f64::from(u8::from(main != mine))];
-        self.world.all_reduce_sum_host(&mut drifted)?;
-        if drifted[0] > 0.0 {
-            if self.world.is_main() {
-                tracing::warn!(
-                    step = self.state.step,
-                    "the parameters of {} rank(s) drifted from rank 0's; re-synchronised from rank 0",
-                    drifted[0]
-                );
-                eprintln!(
-                    "warning: step {}: the parameters of {} rank(s) drifted from rank 0's; re-synchronised from rank 0",
-                    self.state.step, drifted[0]
-                );
-            }
-            self.broadcast_parameters()?;
-        }
-        Ok(())
-    }
-
-    /// A checkpoint of a (possibly data-parallel) run: rank 0 saves; the ranks check they agree
-    /// and meet before and after, so no rank runs ahead while it is written.
-    fn checkpoint(&mut self, recent_loss: Option<f64>, hooks: &mut dyn Hooks<M>) -> Result<Option<PathBuf>> {
-        let distributed = self.world.world_size() > 1;
-        if distributed {
-            self.check_in_sync()?;
-            self.world.barrier()?;
-        }
-        let dir = if self.world.is_main() {
-            let dir = self.save_checkpoint(recent_loss)?;
-            hooks.on_checkpoint(&self.config.run_dir)?;
-            Some(dir)
-        } else {
-            None
-        };
-        if distributed {
-            self.world.barrier()?;
-        }
-        Ok(dir)
-    }
-
-    fn save_checkpoint(&mut self, recent_loss: Option<f64>) -> Result<PathBuf> {
-        self.state.recent_loss = recent_loss;
-        let model = &self.model;
-        let dir = self.checkpoints.save(
-            &self.state,
-            |p| model.save_weights(p),
-            &self.optimizer.state_tensors()?,
-        )?;
-        if let Some(loss) = recent_loss.filter(|l| *l < self.best_loss) {
-            self.best_loss = loss;
-            self.checkpoints.mark_best(&dir)?;
-        }
-        self.checkpoints.prune(self.config.keep_last)?;
-        Ok(dir)
-    }
-
     /// Trains until `total_steps`, from wherever the trainer stands (0 or a resumed checkpoint).
     pub fn fit<S: BatchSource<Batch = M::Batch>>(
         &mut self,
         source: &S,
         hooks: &mut dyn Hooks<M>,
     ) -> Result<TrainSummary> {
-        let cfg = self.config.clone();
-        let world = self.world.clone();
-        let (is_main, distributed) = (world.is_main(), world.world_size() > 1);
-        let mut metrics = if is_main {
+        let mut run = self.begin_fit(source)?;
+        let total = self.config.total_steps;
+        while self.state.step < total {
+            let (epoch, first) = (self.state.epoch, self.state.batch_in_epoch);
+            let mut batches = source.epoch(epoch, first)?.take(run.batches_used.saturating_sub(first));
+            while self.state.step < total {
+                let Some(step) = self.accumulate(&mut batches)? else { break };
+                self.take_step(step, epoch, &mut run, hooks)?;
+            }
+            drop(batches);
+            self.end_epoch(epoch, &mut run, hooks)?;
+        }
+        let last_checkpoint = self.checkpoint(mean(run.loss_sum), hooks)?;
+        run.progress.finish();
+        Ok(TrainSummary {
+            steps: self.state.step,
+            epochs_completed: run.epochs_completed,
+            last_loss: run.last_loss,
+            skipped_steps: run.skipped,
+            last_checkpoint,
+        })
+    }
+
+    /// Checks the source against the configuration, opens the metrics (rank 0), meets the
+    /// other ranks at the start.
+    fn begin_fit<S: BatchSource<Batch = M::Batch>>(&mut self, source: &S) -> Result<FitRun> {
+        let cfg = &self.config;
+        let is_main = self.world.is_main();
+        let metrics = if is_main {
             std::fs::create_dir_all(&cfg.run_dir).map_err(|e| TrainError::io(&cfg.run_dir, e))?;
             Some(MetricsLog::open(cfg.run_dir.join("metrics.jsonl"))?)
         } else {
@@ -358,176 +285,210 @@ impl<M: Trainable> Trainer<M> {
             )));
         }
         let batches_used = steps_per_epoch * cfg.accum;
-        if distributed {
+        if self.world.world_size() > 1 {
             self.sync_start()?;
         }
+        let cfg = &self.config;
         let mode = if is_main { cfg.progress } else { ProgressMode::Silent };
-        let progress = Progress::new(mode, cfg.total_steps, self.state.step);
-        let start = Instant::now();
-        let start_step = self.state.step;
-        let mut window = (Instant::now(), 0usize); // images since the last log line
-        let mut loss_sum = (0.0, 0usize); // since the last checkpoint
-        let (mut nonfinite, mut skipped, mut last_loss) = (0usize, 0usize, None);
-        let mut epochs_completed = 0;
-
-        while self.state.step < cfg.total_steps {
-            let epoch = self.state.epoch;
-            let first = self.state.batch_in_epoch;
-            let mut batches = source.epoch(epoch, first)?.take(batches_used.saturating_sub(first));
-            'steps: while self.state.step < cfg.total_steps {
-                // One optimizer step: accumulate `accum` micro-batches.
-                let mut grads: Option<Vec<Tensor>> = None;
-                let (mut step_loss, mut images) = (0.0f64, 0usize);
-                for _ in 0..cfg.accum {
-                    let Some(batch) = batches.next() else { break 'steps };
-                    let batch = batch?;
-                    self.state.batch_in_epoch += 1;
-                    if M::batch_len(&batch) == 0 {
-                        continue; // every sample of it was skipped by the loader
-                    }
-                    images += M::batch_len(&batch);
-                    let loss = self.model.loss(&batch)?;
-                    step_loss +=
-                        loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64 / cfg.accum as f64;
-                    let store = (loss / cfg.accum as f64)?.backward()?;
-                    let micro: Vec<Tensor> = self
-                        .vars
-                        .iter()
-                        .map(|(_, v)| match store.get(v) {
-                            Some(g) => Ok(g.clone()),
-                            None => v.zeros_like(),
-                        })
-                        .collect::<candle_core::Result<_>>()?;
-                    grads = Some(match grads {
-                        None => micro,
-                        Some(acc) => {
-                            acc.iter().zip(&micro).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?
-                        }
-                    });
-                }
-                if let Some(message) = injected_failure(world.rank(), self.state.step + 1) {
-                    return Err(TrainError::Model(message));
-                }
-                if distributed {
-                    // Sum over ranks: [loss, ranks that loaded something, images]; then the
-                    // gradients, averaged over the ranks that contributed.
-                    let loaded = grads.is_some();
-                    let mut sums =
-                        [if loaded { step_loss } else { 0.0 }, f64::from(u8::from(loaded)), images as f64];
-                    world.all_reduce_sum_host(&mut sums)?;
-                    images = sums[2] as usize;
-                    if sums[1] > 0.0 {
-                        step_loss = sums[0] / sums[1];
-                        let local = match grads {
-                            Some(g) => g,
-                            None => self
-                                .vars
-                                .iter()
-                                .map(|(_, v)| v.zeros_like())
-                                .collect::<candle_core::Result<_>>()?,
-                        };
-                        grads = Some(collective::all_reduce_mean(
-                            world.as_ref(),
-                            &local,
-                            1.0 / sums[1],
-                            self.bucket_bytes,
-                        )?);
-                    } else {
-                        (step_loss, grads) = (0.0, None);
-                    }
-                }
-                let (grad_norm, mut grads) = match grads {
-                    Some(g) => (global_norm(&g)?, g),
-                    None => (f64::NAN, Vec::new()), // nothing loaded: a non-finite step
-                };
-                let step = self.state.step;
-                let lr = cfg.schedule.lr(step);
-                if !step_loss.is_finite() || !grad_norm.is_finite() {
-                    nonfinite += 1;
-                    skipped += 1;
-                    progress.println(&format!(
-                        "warning: step {step}: non-finite loss ({step_loss}) or gradient norm ({grad_norm}); update skipped"
-                    ));
-                    if is_main {
-                        tracing::warn!(step, step_loss, grad_norm, "non-finite step skipped");
-                    }
-                    if nonfinite >= cfg.max_nonfinite_in_a_row {
-                        return Err(TrainError::NonFinite { count: nonfinite, step });
-                    }
-                } else {
-                    nonfinite = 0;
-                    if let Some(max) = cfg.clip_grad_norm.filter(|&m| grad_norm > m) {
-                        let scale = max / (grad_norm + 1e-6);
-                        grads = grads.iter().map(|g| g * scale).collect::<candle_core::Result<_>>()?;
-                    }
-                    self.optimizer.step(&grads, lr)?;
-                    loss_sum = (loss_sum.0 + step_loss, loss_sum.1 + 1);
-                    last_loss = Some(step_loss);
-                }
-                self.state.step += 1;
-                window.1 += images;
-
-                let done = self.state.step;
-                let log = done.is_multiple_of(cfg.log_every.max(1)) || done == cfg.total_steps;
-                let elapsed = start.elapsed().as_secs_f64();
-                let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-                let eta = elapsed / (done - start_step) as f64 * (cfg.total_steps - done) as f64;
-                let record = StepRecord {
-                    step: done,
-                    epoch,
-                    loss: step_loss,
-                    lr,
-                    grad_norm,
-                    images_per_s: rate,
-                    elapsed_s: elapsed,
-                };
-                progress.step(&record, eta, log);
-                if let Some(metrics) = metrics.as_mut() {
-                    metrics.write(&record)?;
-                }
-                if log {
-                    window = (Instant::now(), 0);
-                }
-                if cfg.checkpoint_every > 0
-                    && done.is_multiple_of(cfg.checkpoint_every)
-                    && done < cfg.total_steps
-                {
-                    self.checkpoint(mean(loss_sum), hooks)?;
-                    loss_sum = (0.0, 0);
-                }
-            }
-            drop(batches);
-            if self.state.batch_in_epoch >= batches_used {
-                // The epoch is complete: move the loader position, run the epoch hooks.
-                self.state.epoch += 1;
-                self.state.batch_in_epoch = 0;
-                epochs_completed += 1;
-                // Hooks (pictures, evaluations) and metrics: rank 0 only.
-                if let Some(metrics) = metrics.as_mut().filter(|_| is_main) {
-                    for (name, value) in hooks.on_epoch_end(&self.model, epoch, self.state.step)? {
-                        progress.println(&format!("epoch {epoch}: {name} = {value:.4}"));
-                        metrics.write(
-                            &serde_json::json!({ "step": self.state.step, "epoch": epoch, name: value }),
-                        )?;
-                    }
-                }
-            } else if self.state.step < cfg.total_steps {
-                return Err(TrainError::Model(format!(
-                    "the data source ended epoch {epoch} after {} of {batches_used} batches",
-                    self.state.batch_in_epoch
-                )));
-            }
-        }
-        let last_checkpoint = self.checkpoint(mean(loss_sum), hooks)?;
-        progress.finish();
-        Ok(TrainSummary {
-            steps: self.state.step,
-            epochs_completed,
-            last_loss,
-            skipped_steps: skipped,
-            last_checkpoint,
+        Ok(FitRun {
+            batches_used,
+            metrics,
+            progress: Progress::new(mode, cfg.total_steps, self.state.step),
+            start: (Instant::now(), self.state.step),
+            window: (Instant::now(), 0),
+            loss_sum: (0.0, 0),
+            nonfinite_in_a_row: 0,
+            skipped: 0,
+            last_loss: None,
+            epochs_completed: 0,
         })
     }
+
+    /// Runs forward and backward on the next `accum` micro-batches and sums their gradients.
+    /// `None` when the epoch's batches run out first.
+    fn accumulate<I: Iterator<Item = Result<M::Batch>>>(
+        &mut self,
+        batches: &mut I,
+    ) -> Result<Option<StepInput>> {
+        let accum = self.config.accum;
+        let mut step = StepInput { grads: None, loss: 0.0, images: 0 };
+        for _ in 0..accum {
+            let Some(batch) = batches.next() else { return Ok(None) };
+            let batch = batch?;
+            self.state.batch_in_epoch += 1;
+            if M::batch_len(&batch) == 0 {
+                continue; // every sample of it was skipped by the loader
+            }
+            step.images += M::batch_len(&batch);
+            let loss = self.model.loss(&batch)?;
+            step.loss += loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64 / accum as f64;
+            let store = (loss / accum as f64)?.backward()?;
+            let micro: Vec<Tensor> = self
+                .vars
+                .iter()
+                .map(|(_, v)| match store.get(v) {
+                    Some(g) => Ok(g.clone()),
+                    None => v.zeros_like(),
+                })
+                .collect::<candle_core::Result<_>>()?;
+            step.grads = Some(match step.grads {
+                None => micro,
+                Some(acc) => {
+                    acc.iter().zip(&micro).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?
+                }
+            });
+        }
+        Ok(Some(step))
+    }
+
+    /// One optimizer step from accumulated gradients: reduce over the ranks, guard against
+    /// non-finite values, clip, update, record, checkpoint when due.
+    fn take_step(
+        &mut self,
+        input: StepInput,
+        epoch: usize,
+        run: &mut FitRun,
+        hooks: &mut dyn Hooks<M>,
+    ) -> Result<()> {
+        if let Some(message) = crate::fault::failure_in_step(self.world.rank(), self.state.step + 1) {
+            return Err(TrainError::Model(message));
+        }
+        let input = if self.world.world_size() > 1 { self.reduce(input)? } else { input };
+        let (grad_norm, grads) = match input.grads {
+            Some(g) => (global_norm(&g)?, g),
+            None => (f64::NAN, Vec::new()), // nothing loaded: a non-finite step
+        };
+        let step = self.state.step;
+        let lr = self.config.schedule.lr(step);
+        self.guarded_update(grads, input.loss, grad_norm, lr, run)?;
+        self.state.step += 1;
+        let record = StepRecord {
+            step: self.state.step,
+            epoch,
+            loss: input.loss,
+            lr,
+            grad_norm,
+            images_per_s: 0.0,
+            elapsed_s: 0.0,
+        };
+        self.record(record, input.images, run)?;
+        let (done, every) = (self.state.step, self.config.checkpoint_every);
+        if every > 0 && done.is_multiple_of(every) && done < self.config.total_steps {
+            self.checkpoint(mean(run.loss_sum), hooks)?;
+            run.loss_sum = (0.0, 0);
+        }
+        Ok(())
+    }
+
+    /// Skips the update when the loss or the gradient norm is not finite (an error after
+    /// `max_nonfinite_in_a_row` such steps); otherwise clips and steps AdamW.
+    fn guarded_update(
+        &mut self,
+        grads: Vec<Tensor>,
+        loss: f64,
+        grad_norm: f64,
+        lr: f64,
+        run: &mut FitRun,
+    ) -> Result<()> {
+        let step = self.state.step;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            run.nonfinite_in_a_row += 1;
+            run.skipped += 1;
+            run.progress.println(&format!(
+                "warning: step {step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); update skipped"
+            ));
+            if self.world.is_main() {
+                tracing::warn!(step, loss, grad_norm, "non-finite step skipped");
+            }
+            if run.nonfinite_in_a_row >= self.config.max_nonfinite_in_a_row {
+                return Err(TrainError::NonFinite { count: run.nonfinite_in_a_row, step });
+            }
+            return Ok(());
+        }
+        run.nonfinite_in_a_row = 0;
+        let grads = match self.config.clip_grad_norm.filter(|&m| grad_norm > m) {
+            Some(max) => {
+                let scale = max / (grad_norm + 1e-6);
+                grads.iter().map(|g| g * scale).collect::<candle_core::Result<_>>()?
+            }
+            None => grads,
+        };
+        self.optimizer.step(&grads, lr)?;
+        run.loss_sum = (run.loss_sum.0 + loss, run.loss_sum.1 + 1);
+        run.last_loss = Some(loss);
+        Ok(())
+    }
+
+    /// Progress line or bar, and the step's line in `metrics.jsonl` (rank 0). `record` comes
+    /// without its timing fields, which are filled in here.
+    fn record(&mut self, mut record: StepRecord, images: usize, run: &mut FitRun) -> Result<()> {
+        let (done, total) = (self.state.step, self.config.total_steps);
+        run.window.1 += images;
+        let log = done.is_multiple_of(self.config.log_every.max(1)) || done == total;
+        record.elapsed_s = run.start.0.elapsed().as_secs_f64();
+        record.images_per_s = run.window.1 as f64 / run.window.0.elapsed().as_secs_f64().max(1e-9);
+        let eta = record.elapsed_s / (done - run.start.1) as f64 * (total - done) as f64;
+        run.progress.step(&record, eta, log);
+        if let Some(metrics) = run.metrics.as_mut() {
+            metrics.write(&record)?;
+        }
+        if log {
+            run.window = (Instant::now(), 0);
+        }
+        Ok(())
+    }
+
+    /// After the batches of `epoch` ran out: a complete epoch moves the loader position and runs
+    /// the epoch hooks (rank 0); an epoch cut short before the last step is an error.
+    fn end_epoch(&mut self, epoch: usize, run: &mut FitRun, hooks: &mut dyn Hooks<M>) -> Result<()> {
+        if self.state.batch_in_epoch < run.batches_used {
+            if self.state.step < self.config.total_steps {
+                return Err(TrainError::Model(format!(
+                    "the data source ended epoch {epoch} after {} of {} batches",
+                    self.state.batch_in_epoch, run.batches_used
+                )));
+            }
+            return Ok(());
+        }
+        self.state.epoch += 1;
+        self.state.batch_in_epoch = 0;
+        run.epochs_completed += 1;
+        if let Some(metrics) = run.metrics.as_mut() {
+            for (name, value) in hooks.on_epoch_end(&self.model, epoch, self.state.step)? {
+                run.progress.println(&format!("epoch {epoch}: {name} = {value:.4}"));
+                metrics
+                    .write(&serde_json::json!({ "step": self.state.step, "epoch": epoch, name: value }))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one `fit` carries from step to step.
+struct FitRun {
+    /// Micro-batches of an epoch that make whole steps (the rest of the epoch is dropped).
+    batches_used: usize,
+    /// `metrics.jsonl` (rank 0 only).
+    metrics: Option<MetricsLog>,
+    progress: Progress,
+    /// When and at which step this `fit` started (for the ETA).
+    start: (Instant, usize),
+    /// Images since the last log line, and when that window started.
+    window: (Instant, usize),
+    /// Loss sum and count since the last checkpoint.
+    loss_sum: (f64, usize),
+    nonfinite_in_a_row: usize,
+    skipped: usize,
+    last_loss: Option<f64>,
+    epochs_completed: usize,
+}
+
+/// One step's micro-batches, accumulated: gradients (`None` when nothing loaded), the mean loss
+/// over the micro-batches, the number of images.
+pub(crate) struct StepInput {
+    pub(crate) grads: Option<Vec<Tensor>>,
+    pub(crate) loss: f64,
+    pub(crate) images: usize,
 }
 
 fn mean((sum, n): (f64, usize)) -> Option<f64> {
