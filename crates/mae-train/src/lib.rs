@@ -6,8 +6,9 @@
 //! - gradient accumulation, optional clipping, a guard against non-finite steps;
 //! - atomic checkpoints with an exact resume ([`Checkpoints`]); `metrics.jsonl`, a loss plot,
 //!   a progress bar or log lines;
-//! - data-parallel training over a [`Collective`] (MPI with the `mpi` feature): bucketed gradient
-//!   all-reduce, parameters broadcast from rank 0, rank 0 writes everything.
+//! - data-parallel training over a [`Collective`] (MPI between processes with the `mpi`
+//!   feature, NCCL between GPUs with `nccl`): bucketed gradient all-reduce, parameters broadcast
+//!   from rank 0, rank 0 writes everything.
 
 mod checkpoint;
 pub mod collective;

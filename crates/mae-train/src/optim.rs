@@ -9,7 +9,7 @@
 //! On a GPU the update runs *fused* ([`AdamW::set_fused`]): the parameters of a group (same
 //! weight decay and lr scale) are updated as one flat buffer, as `torch.optim`'s multi-tensor
 //! path does. Per tensor, the update is a dozen tiny element-wise kernels, and ~150 tensors make
-//! the launches, not the arithmetic, the cost (23-45 ms a step on an H200, measured). Fused, it
+//! the launches, not the arithmetic, the cost (docs/benchmarks.md, "On a GPU"). Fused, it
 //! is a copy in, a dozen kernels per group, and a copy out. Both paths apply the same
 //! element-wise operations in the same order, so they give bit-identical weights (tested).
 //!

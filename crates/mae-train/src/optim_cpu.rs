@@ -2,11 +2,11 @@
 //! ops.
 //!
 //! Composed of candle ops, one update is about ten element-wise ops per parameter, each on one
-//! thread and each allocating its result: 0.8 s a step for ViT-B's 88M parameters on two cores
-//! (measured). Here one pass on rayon's pool updates the two moments and the weights together,
-//! in place: no allocation, so no fresh pages for the kernel to zero every step, and each
-//! element of the gradient, moments and weights is read once (three passes read them 2.3 times
-//! as much; AdamW is memory-bound, 10% of a ViT-B step). Every
+//! thread and each allocating its result (docs/benchmarks.md has the times). Here one pass on
+//! rayon's pool updates the two moments and the weights together, in place: no allocation, so
+//! no fresh pages for the kernel to zero every step, and each element of the gradient, moments
+//! and weights is read once (AdamW is memory-bound: three passes read them 2.3 times as much).
+//! Every
 //! element goes through the same f32 operations in the same order as the composed update in
 //! `optim.rs` (candle's `tensor * f64` is `x * (f64 as f32) + 0`, `tensor / f64` a multiplication
 //! by the reciprocal), so the two give bit-identical weights (tested there).

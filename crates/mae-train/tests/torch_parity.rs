@@ -57,9 +57,9 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// max |(a - p0) - (b - p0)| / max |b - p0|, in f64: the error in how far the parameters moved.
-fn displacement_err(a: &[f64], b: &[f64], p0: &[f64]) -> f64 {
-    let scale = b.iter().zip(p0).fold(0f64, |m, (y, s)| m.max((y - s).abs()));
+/// max |a - b| / max |b|, in f64.
+fn rel_err64(a: &[f64], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
     a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
@@ -79,7 +79,7 @@ struct Errors {
     param: f32,
     exp_avg: f32,
     exp_avg_sq: f32,
-    /// Of our and torch's (f32) displacements from the start, against torch in f64.
+    /// The parameters' relative errors, ours and torch's (f32), against torch in float64.
     ours_vs_f64: f64,
     torch_vs_f64: f64,
     /// Where the parameter error is largest.
@@ -148,14 +148,11 @@ fn run_adamw(path: Path, config: AdamWConfig) -> Result<Errors, Box<dyn std::err
                 );
                 *max = max.max(e);
             }
-            if lrs[..step].iter().any(|&l| l > 0.0) {
-                let exact = values64(&fx[&format!("param64.{n}.{step}")]);
-                let p0 = values64(&fx[&format!("param.{n}.0")]);
-                let ours64: Vec<f64> = ours.iter().map(|&x| x as f64).collect();
-                let torch64: Vec<f64> = torch.iter().map(|&x| x as f64).collect();
-                errs.ours_vs_f64 = errs.ours_vs_f64.max(displacement_err(&ours64, &exact, &p0));
-                errs.torch_vs_f64 = errs.torch_vs_f64.max(displacement_err(&torch64, &exact, &p0));
-            }
+            let exact = values64(&fx[&format!("param64.{n}.{step}")]);
+            let ours64: Vec<f64> = ours.iter().map(|&x| x as f64).collect();
+            let torch64: Vec<f64> = torch.iter().map(|&x| x as f64).collect();
+            errs.ours_vs_f64 = errs.ours_vs_f64.max(rel_err64(&ours64, &exact));
+            errs.torch_vs_f64 = errs.torch_vs_f64.max(rel_err64(&torch64, &exact));
         }
     }
     Ok(errs)
@@ -164,13 +161,13 @@ fn run_adamw(path: Path, config: AdamWConfig) -> Result<Errors, Box<dyn std::err
 fn check_path(path: Path, label: &str) -> TestResult {
     let e = run_adamw(path, AdamWConfig::default())?;
     println!(
-        "{label}: max rel err vs torch f32: params {:.2e}, exp_avg {:.2e}, exp_avg_sq {:.2e}; \
-         displacement vs torch f64: ours {:.2e}, torch f32 {:.2e}",
-        e.param, e.exp_avg, e.exp_avg_sq, e.ours_vs_f64, e.torch_vs_f64
+        "{label}: max rel err vs torch f32: params {:.2e} (at {}), exp_avg {:.2e}, \
+         exp_avg_sq {:.2e}; params vs float64 torch: ours {:.2e}, torch f32 {:.2e}",
+        e.param, e.worst, e.exp_avg, e.exp_avg_sq, e.ours_vs_f64, e.torch_vs_f64
     );
     assert!(e.param <= TOL && e.exp_avg <= TOL && e.exp_avg_sq <= TOL, "{label}: {e:?}");
-    // Closer to exact than a few times torch's own f32 rounding.
-    assert!(e.ours_vs_f64 <= 4.0 * e.torch_vs_f64.max(1e-7), "{e:?}");
+    // As close to the exact (float64) result as torch's own float32 run.
+    assert!(e.ours_vs_f64 <= 2.0 * e.torch_vs_f64, "{label}: {e:?}");
     Ok(())
 }
 
@@ -237,7 +234,10 @@ fn sched_cases() -> Vec<SchedCase> {
 }
 
 /// Our schedule for a case, as `mae pretrain` builds it (`crates/mae-cli/src/pretrain.rs`):
-/// `total_steps = epochs * steps_per_epoch`, `warmup_steps = round(warmup_epochs * steps_per_epoch)`.
+/// `total_steps = epochs * steps_per_epoch`,
+/// `warmup_steps = round(warmup_epochs * steps_per_epoch)`. Optimizer step `it` (0-based, the
+/// trainer's `schedule.lr(step)` before the update) is the paper's iteration `it`, at epoch
+/// `it / iters_per_epoch`.
 fn ours(c: &SchedCase) -> LrSchedule {
     let ipe = c.iters_per_epoch as f64;
     LrSchedule {
@@ -291,8 +291,10 @@ fn lr_schedule_matches_the_papers_adjust_learning_rate() {
 
 /// A warm-up of a fractional number of steps (1.5 epochs of 5 iterations: 7.5): the paper's
 /// warm-up divides by 7.5 and switches to the cosine after iteration 7; `LrSchedule` counts whole
-/// steps, and `mae pretrain` rounds to 8. Known to disagree (about 7% of the peak lr at
-/// iterations 7 and 8); ignored so that it documents the difference without failing CI.
+/// steps, and `mae pretrain` rounds to 8. Known to disagree: at iteration 7 the paper's lr is
+/// 7 / 7.5 of the peak, ours 7 / 8 (5.8% of the peak apart), and the cosine starts one
+/// iteration later (iteration 8: the peak for us, 0.12% below it in the paper). Ignored so that
+/// it documents the difference without failing CI.
 #[test]
 #[ignore = "known disagreement: a warm-up of a fractional number of steps rounds to whole steps"]
 fn lr_schedule_matches_the_paper_with_a_fractional_warmup_step_count() {
