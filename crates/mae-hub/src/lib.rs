@@ -54,6 +54,10 @@ impl std::fmt::Display for RepoKind {
     }
 }
 
+/// Retries of a broken download, each resuming where the last stopped after a backoff of
+/// 0.3 s, 0.6 s, ... (hf-hub's loop makes it this many plus two tries in all).
+const DOWNLOAD_RETRIES: usize = 3;
+
 /// A repository on the hub, with an optional revision (branch, tag or commit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoId {
@@ -275,7 +279,7 @@ impl Hub {
         let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf()))
             .with_progress(progress)
-            .with_retries(3);
+            .with_retries(DOWNLOAD_RETRIES);
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
         }
@@ -315,6 +319,11 @@ impl Hub {
                     repo.name
                 ),
             },
+            ApiError::TooManyRetries(e) => format!(
+                "downloading {what} failed {} times in a row ({e}); the part that arrived stays in the \
+                 cache, so running the command again resumes it",
+                DOWNLOAD_RETRIES + 2
+            ),
             e => format!("downloading {what} failed: {e}"),
         };
         Self::error(kind, repo, message)

@@ -15,8 +15,10 @@
 //!   unknown revision `404` with `RevisionNotFound`, an unknown file `404` with
 //!   `EntryNotFound`.
 //!
-//! Every request is recorded ([`HubServer::requests`]), so a test can assert that an offline
-//! load made none.
+//! Every request is recorded ([`HubServer::requests`], with its `Range` in
+//! [`HubServer::ranges`]), so a test can assert that an offline load made none, or that a
+//! broken download was resumed where it stopped. [`HubServer::drop_connections`] breaks the
+//! next downloads of a file after some bytes, as a flaky network does.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -40,6 +42,11 @@ struct Repo {
 struct State {
     repos: BTreeMap<(String, String), Repo>,
     requests: Vec<String>,
+    /// `(path, Range header)` of every request that had one.
+    ranges: Vec<(String, String)>,
+    /// Downloads to break: path suffix (`/resolve/main/model.safetensors`), bytes of the body
+    /// sent before the connection closes, and how many more downloads to break.
+    drops: Vec<(String, usize, usize)>,
 }
 
 /// The local hub server; stops when dropped.
@@ -124,6 +131,18 @@ impl HubServer {
         self.lock().requests.clone()
     }
 
+    /// `(path, Range header)` of the requests that asked for a byte range, in order.
+    pub fn ranges(&self) -> Vec<(String, String)> {
+        self.lock().ranges.clone()
+    }
+
+    /// Breaks the next `times` downloads of `file` (a path in any repository): the response
+    /// announces the whole length, sends `after_bytes` of it and closes the connection. The
+    /// 1-byte size probe (`Range: bytes=0-0`) is answered normally.
+    pub fn drop_connections(&self, file: &str, after_bytes: usize, times: usize) {
+        self.lock().drops.push((format!("/{file}"), after_bytes, times));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -193,10 +212,14 @@ impl Response {
 fn serve(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     let request = read_request(&stream)?;
-    let response = {
+    let (response, cut) = {
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         state.requests.push(format!("{} {}", request.method, request.path));
-        route(&request, &state)
+        if let Some(range) = request.header("Range") {
+            state.ranges.push((request.path.clone(), range.to_string()));
+        }
+        let cut = take_drop(&mut state, &request);
+        (route(&request, &state), cut)
     };
     let reason = match response.status {
         200 => "OK",
@@ -213,13 +236,25 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     head.push_str(&format!("Content-Length: {}\r\n\r\n", response.body.len()));
     stream.write_all(head.as_bytes())?;
     if request.method != "HEAD" {
-        stream.write_all(&response.body)?;
+        let sent = cut.map_or(response.body.len(), |n| n.min(response.body.len()));
+        stream.write_all(&response.body[..sent])?;
     }
     stream.flush()?;
     // Let the client read to the end before the socket closes.
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let _ = stream.read(&mut [0u8; 64]);
     Ok(())
+}
+
+/// Whether this request is one of the downloads to break, and after how many body bytes.
+fn take_drop(state: &mut State, request: &Request) -> Option<usize> {
+    if request.method != "GET" || request.header("Range") == Some("bytes=0-0") {
+        return None;
+    }
+    let path = request.path.split('?').next().unwrap_or_default();
+    let drop = state.drops.iter_mut().find(|(file, _, times)| *times > 0 && path.ends_with(file.as_str()))?;
+    drop.2 -= 1;
+    Some(drop.1)
 }
 
 /// `(kind, OWNER/NAME, rest)` of a path after its kind prefix: `owner/name/<rest>`.
