@@ -197,7 +197,13 @@ impl Checkpoints {
     pub fn prune(&self, keep: usize) -> Result<()> {
         let all = self.list()?;
         for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
-            fs::remove_dir_all(old).map_err(|e| TrainError::io(old, e))?;
+            // Renamed out of the `step-*` names first: a process killed in the middle of
+            // `remove_dir_all` leaves a `.tmp-*` folder (removed below, next time), never a
+            // half-deleted checkpoint that still looks complete.
+            let name = old.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let doomed = self.root.join(format!(".tmp-pruned-{name}"));
+            fs::rename(old, &doomed).map_err(|e| TrainError::io(old, e))?;
+            fs::remove_dir_all(&doomed).map_err(|e| TrainError::io(&doomed, e))?;
         }
         if let Ok(entries) = fs::read_dir(&self.root) {
             for e in entries.filter_map(|e| e.ok()) {
@@ -224,11 +230,15 @@ impl Checkpoints {
                 .or_else(|_| fs::copy(&from, &to).map(|_| ()))
                 .map_err(|e| TrainError::io(&from, e))?;
         }
+        // The old best leaves by a rename too, so a kill at any moment leaves whole folders.
+        let old = self.root.join(".tmp-best-old");
         if best.exists() {
-            fs::remove_dir_all(&best).map_err(|e| TrainError::io(&best, e))?;
+            let _ = fs::remove_dir_all(&old);
+            fs::rename(&best, &old).map_err(|e| TrainError::io(&best, e))?;
         }
         fs::rename(&tmp, &best).map_err(|e| TrainError::io(&best, e))?;
         sync_dir(&self.root);
+        let _ = fs::remove_dir_all(&old);
         Ok(())
     }
 }

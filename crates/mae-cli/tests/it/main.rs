@@ -8,4 +8,5 @@ mod common;
 mod classify;
 mod cli;
 mod distributed;
+mod kill_sweep;
 mod training;
