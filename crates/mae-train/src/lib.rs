@@ -26,9 +26,9 @@ pub use checkpoint::{load_vars, read_state, read_tensors, write_tensors, Checkpo
 pub use collective::{Collective, SingleProcess};
 pub use error::{Result, TrainError};
 pub use fault::FAULT_ENV;
-pub use metrics::{read_steps, MetricsLog, StepRecord};
+pub use metrics::{read_steps, resident_mb, MetricsLog, StepRecord};
 pub use optim::{decays, AdamW, AdamWConfig, ParamOptions};
-pub use plot::plot_loss;
+pub use plot::{plot_loss, plot_memory};
 pub use progress::{Progress, ProgressMode};
 pub use schedule::LrSchedule;
 pub use trainer::{

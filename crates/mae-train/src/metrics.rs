@@ -19,6 +19,19 @@ pub struct StepRecord {
     pub grad_norm: f64,
     pub images_per_s: f64,
     pub elapsed_s: f64,
+    /// Resident memory of the process after the step, in MB (Linux; absent elsewhere): a leak
+    /// shows as a line that keeps climbing (`memory.png`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_mb: Option<f64>,
+}
+
+/// This process's resident set size in MB (`VmRSS` of `/proc/self/status`); `None` where there
+/// is no procfs.
+pub fn resident_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 pub struct MetricsLog {

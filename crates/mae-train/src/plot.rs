@@ -1,4 +1,5 @@
-//! The loss curve as a PNG: raw per-step loss and an exponential moving average, log-scaled.
+//! Curves of a run as PNGs: the loss (raw per step and an exponential moving average,
+//! log-scaled when it spans a decade) and the process's resident memory (a leak climbs).
 
 use std::path::Path;
 
@@ -17,15 +18,49 @@ fn register_font() {
     });
 }
 
-/// Draws `records` into `path` (PNG, 900x500).
+/// What one plot shows: the y axis and the two series' names.
+struct Series {
+    y_desc: &'static str,
+    raw: &'static str,
+    smooth: &'static str,
+    /// A log axis when the values span a decade or more.
+    log_when_wide: bool,
+}
+
+/// Draws the loss of `records` into `path` (PNG, 900x500).
 pub fn plot_loss(records: &[StepRecord], title: &str, path: &Path) -> Result<()> {
-    register_font();
-    let fail = |e: String| TrainError::checkpoint(path, format!("cannot draw the loss plot: {e}"));
     let points: Vec<(f64, f64)> = records
         .iter()
         .filter(|r| r.loss.is_finite() && r.loss > 0.0)
         .map(|r| (r.step as f64, r.loss))
         .collect();
+    let series = Series {
+        y_desc: "loss (masked-patch MSE)",
+        raw: "per step",
+        smooth: "moving average",
+        log_when_wide: true,
+    };
+    plot(points, &series, title, path)
+}
+
+/// Draws the resident memory of `records` (steps that have it) into `path` (PNG, 900x500).
+pub fn plot_memory(records: &[StepRecord], title: &str, path: &Path) -> Result<()> {
+    let points: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| r.rss_mb.filter(|m| m.is_finite()).map(|m| (r.step as f64, m)))
+        .collect();
+    let series = Series {
+        y_desc: "resident memory (MB)",
+        raw: "per step",
+        smooth: "moving average",
+        log_when_wide: false,
+    };
+    plot(points, &series, title, path)
+}
+
+fn plot(points: Vec<(f64, f64)>, series: &Series, title: &str, path: &Path) -> Result<()> {
+    register_font();
+    let fail = |e: String| TrainError::checkpoint(path, format!("cannot draw {}: {e}", path.display()));
     if points.is_empty() {
         return Ok(());
     }
@@ -40,13 +75,13 @@ pub fn plot_loss(records: &[StepRecord], title: &str, path: &Path) -> Result<()>
     }
     let x_max = points.last().map_or(1.0, |p| p.0).max(1.0);
     let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
-    let (lo, hi) = (lo * 0.9, hi * 1.1);
+    let (lo, hi) = if series.log_when_wide { (lo * 0.9, hi * 1.1) } else { (0.0, hi * 1.1) };
 
     let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     // A log axis only when the loss spans a decade or more: plotters labels log axes at powers
     // of ten, which would leave a shorter range without any label.
-    if hi / lo >= 10.0 {
+    if series.log_when_wide && hi / lo >= 10.0 {
         let chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
             .margin(15)
@@ -54,7 +89,7 @@ pub fn plot_loss(records: &[StepRecord], title: &str, path: &Path) -> Result<()>
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..x_max, (lo..hi).log_scale())
             .map_err(|e| fail(e.to_string()))?;
-        draw(chart, points, ema).map_err(fail)?;
+        draw(chart, series, points, ema).map_err(fail)?;
     } else {
         let chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
@@ -63,7 +98,7 @@ pub fn plot_loss(records: &[StepRecord], title: &str, path: &Path) -> Result<()>
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..x_max, lo..hi)
             .map_err(|e| fail(e.to_string()))?;
-        draw(chart, points, ema).map_err(fail)?;
+        draw(chart, series, points, ema).map_err(fail)?;
     }
     root.present().map_err(|e| fail(e.to_string()))?;
     Ok(())
@@ -73,14 +108,19 @@ type Chart<'a, Y> =
     ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
 
 /// Mesh, the two series and the legend.
-fn draw<Y>(mut chart: Chart<'_, Y>, points: Vec<(f64, f64)>, ema: Vec<(f64, f64)>) -> Result<(), String>
+fn draw<Y>(
+    mut chart: Chart<'_, Y>,
+    series: &Series,
+    points: Vec<(f64, f64)>,
+    ema: Vec<(f64, f64)>,
+) -> Result<(), String>
 where
     Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
     chart
         .configure_mesh()
         .x_desc("step")
-        .y_desc("loss (masked-patch MSE)")
+        .y_desc(series.y_desc)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -89,12 +129,12 @@ where
     chart
         .draw_series(LineSeries::new(points, light.stroke_width(1)))
         .map_err(|e| e.to_string())?
-        .label("per step")
+        .label(series.raw)
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light));
     chart
         .draw_series(LineSeries::new(ema, dark.stroke_width(2)))
         .map_err(|e| e.to_string())?
-        .label("moving average")
+        .label(series.smooth)
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], dark));
     chart
         .configure_series_labels()

@@ -370,6 +370,7 @@ impl<M: Trainable> Trainer<M> {
             grad_norm,
             images_per_s: 0.0,
             elapsed_s: 0.0,
+            rss_mb: None,
         };
         self.record(record, input.images, run)?;
         let (done, every) = (self.state.step, self.config.checkpoint_every);
@@ -427,6 +428,7 @@ impl<M: Trainable> Trainer<M> {
         let log = done.is_multiple_of(self.config.log_every.max(1)) || done == total;
         record.elapsed_s = run.start.0.elapsed().as_secs_f64();
         record.images_per_s = run.window.1 as f64 / run.window.0.elapsed().as_secs_f64().max(1e-9);
+        record.rss_mb = crate::metrics::resident_mb();
         let eta = record.elapsed_s / (done - run.start.1) as f64 * (total - done) as f64;
         run.progress.step(&record, eta, log);
         if let Some(metrics) = run.metrics.as_mut() {

@@ -231,11 +231,29 @@ fn the_loss_plot_is_a_png_for_short_and_long_ranges() {
                 grad_norm: 1.0,
                 images_per_s: 10.0,
                 elapsed_s: s as f64,
+                rss_mb: Some(100.0 + s as f64),
             })
             .collect();
         let path = dir.path().join(format!("{name}.png"));
         plot_loss(&records, name, &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "{name}");
+        let memory = dir.path().join(format!("{name}-memory.png"));
+        plot_memory(&records, name, &memory).unwrap();
+        assert_eq!(&std::fs::read(&memory).unwrap()[1..4], b"PNG", "{name}");
     }
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn every_logged_step_records_the_resident_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(Toy::new(), config(dir.path(), 4))
+        .unwrap()
+        .fit(&ToyData { batches: 4 }, &mut NoHooks)
+        .unwrap();
+    let steps = read_steps(&dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(steps.len(), 4);
+    // A test process holds at least a few MB (its code alone), and not absurdly many.
+    assert!(steps.iter().all(|r| r.rss_mb.is_some_and(|m| m > 1.0 && m < 1e6)), "{steps:?}");
 }
