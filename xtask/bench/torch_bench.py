@@ -19,9 +19,17 @@ Prints one JSON line:
 machine's practical matmul peak at the same thread count) and prints
 ``{"matmul_gflops": ..., "blas": ...}``.
 
+The model's shape comes from the arguments ``--image-size``, ``--patch-size``,
+``--in-channels``, ``--encoder DIM,DEPTH,HEADS,MLP``, ``--decoder ...`` and
+``--mask-ratio``, which xtask fills in from ``mae info --presets --json`` (so
+they are the Rust presets'); without them the ``PRESETS`` table below stands in
+(for runs by hand and xtask/gpu/run-bundle.sh).
+
 Usage (xtask runs it; by hand from the repository root):
 
     python xtask/bench/torch_bench.py --preset mae-vit-tiny-patch4-32 --batch-size 64 --steps 5
+    python xtask/bench/torch_bench.py --preset mae-vit-tiny-patch4-32 --image-size 32 --patch-size 4 \
+        --in-channels 3 --encoder 192,12,3,768 --decoder 128,4,4,512 --mask-ratio 0.75
     python xtask/bench/torch_bench.py --matmul-peak --threads 2
 """
 
@@ -33,8 +41,8 @@ import sys
 import time
 import warnings
 
-# The presets of crates/mae/src/config.rs:
-# (image, patch, (enc dim, depth, heads), (dec dim, depth, heads)); MLP ratio 4.
+# The presets of crates/mae-io/src/config.rs, for runs without the shape arguments:
+# (image, patch, (enc dim, depth, heads), (dec dim, depth, heads)); MLP ratio 4, 3 channels.
 PRESETS = {
     "mae-vit-micro-patch4-32": (32, 4, (128, 4, 4), (64, 2, 4)),
     "mae-vit-tiny-patch4-32": (32, 4, (192, 12, 3), (128, 4, 4)),
@@ -44,6 +52,46 @@ PRESETS = {
     "mae-vit-huge-patch14": (224, 14, (1280, 32, 16), (512, 8, 16)),
 }
 MASK_RATIO = 0.75
+SHAPE_ARGS = ("image_size", "patch_size", "in_channels", "encoder", "decoder", "mask_ratio")
+
+
+def stack(text: str):
+    """`DIM,DEPTH,HEADS,MLP` -> a tuple of four ints."""
+    parts = [int(x) for x in text.split(",")]
+    if len(parts) != 4 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected DIM,DEPTH,HEADS,MLP (positive), got {text!r}")
+    return tuple(parts)
+
+
+def image_size(text: str):
+    """`224` or `224,160` (height, width) -> (height, width)."""
+    parts = [int(x) for x in text.split(",")]
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+    return (parts[0], parts[-1])
+
+
+def shape_of(args) -> dict:
+    """The model shape: from the shape arguments (all of them), else the PRESETS table."""
+    given = [k for k in SHAPE_ARGS if getattr(args, k) is not None]
+    table = None
+    if args.preset in PRESETS:
+        image, patch, enc, dec = PRESETS[args.preset]
+        table = {"image_size": (image, image), "patch_size": patch, "in_channels": 3,
+                 "encoder": (*enc, 4 * enc[0]), "decoder": (*dec, 4 * dec[0]), "mask_ratio": MASK_RATIO}
+    if not given:
+        if table is None:
+            sys.exit(f"torch_bench.py: preset {args.preset!r} is not in PRESETS: give the shape arguments "
+                     f"(--{' --'.join(k.replace('_', '-') for k in SHAPE_ARGS)})")
+        return table
+    if len(given) != len(SHAPE_ARGS):
+        missing = [k for k in SHAPE_ARGS if k not in given]
+        sys.exit(f"torch_bench.py: give all the shape arguments or none; missing: {missing}")
+    shape = {k: getattr(args, k) for k in SHAPE_ARGS}
+    if table is not None and table != shape:
+        print(f"torch_bench.py: note: PRESETS[{args.preset!r}] differs from the shape given; using the "
+              "shape given", file=sys.stderr)
+    return shape
 
 
 def peak_rss_mb() -> float:
@@ -52,32 +100,35 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def build_model(torch, preset: str):
+def build_model(torch, shape: dict):
     from lightly.models import utils
     from lightly.models.modules import MAEDecoderTIMM, MaskedVisionTransformerTIMM
     from timm.models.vision_transformer import VisionTransformer
 
-    image, patch, (dim, depth, heads), (ddim, ddepth, dheads) = PRESETS[preset]
+    image, patch, channels = shape["image_size"], shape["patch_size"], shape["in_channels"]
+    dim, depth, heads, mlp = shape["encoder"]
+    ddim, ddepth, dheads, dmlp = shape["decoder"]
 
     class MAE(torch.nn.Module):
         """lightly examples/pytorch/mae.py (MAEDecoderTIMM revision), sizes of the preset."""
 
         def __init__(self):
             super().__init__()
-            vit = VisionTransformer(img_size=image, patch_size=patch, embed_dim=dim, depth=depth,
-                                    num_heads=heads, mlp_ratio=4.0, qkv_bias=True, class_token=True,
-                                    num_classes=0)  # no classifier head: MAE does not use it
+            vit = VisionTransformer(img_size=image, patch_size=patch, in_chans=channels, embed_dim=dim,
+                                    depth=depth, num_heads=heads, mlp_ratio=mlp / dim, qkv_bias=True,
+                                    class_token=True, num_classes=0)  # no classifier head: MAE does not use it
             self.patch_size = patch
             self.backbone = MaskedVisionTransformerTIMM(vit=vit)  # frozen sin-cos pos_embed
             self.sequence_length = self.backbone.sequence_length
             self.decoder = MAEDecoderTIMM(
                 num_patches=vit.patch_embed.num_patches,
                 patch_size=patch,
+                in_chans=channels,
                 embed_dim=dim,
                 decoder_embed_dim=ddim,
                 decoder_depth=ddepth,
                 decoder_num_heads=dheads,
-                mlp_ratio=4.0,
+                mlp_ratio=dmlp / ddim,
                 proj_drop_rate=0.0,
                 attn_drop_rate=0.0,
             )
@@ -96,7 +147,7 @@ def build_model(torch, preset: str):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MAEDecoderTIMM is deprecated in lightly 1.6
-        return MAE(), image
+        return MAE()
 
 
 def sync(torch, device):
@@ -109,11 +160,13 @@ def bench(torch, args) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model, image = build_model(torch, args.preset)
+    shape = shape_of(args)
+    model = build_model(torch, shape)
     model = model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
-    images = torch.rand(args.batch_size, 3, image, image, device=device) * 2 - 1
+    (height, width), channels = shape["image_size"], shape["in_channels"]
+    images = torch.rand(args.batch_size, channels, height, width, device=device) * 2 - 1
     # --dtype bf16: torch.autocast, the standard mixed precision (weights and AdamW in f32).
     # f32 means f32: no TF32 tensor-core products on Ampere and newer.
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -125,7 +178,7 @@ def bench(torch, args) -> dict:
         sync(torch, device)
         t0 = time.perf_counter()
         idx_keep, idx_mask = utils.random_token_mask(
-            size=(args.batch_size, model.sequence_length), mask_ratio=MASK_RATIO, device=device)
+            size=(args.batch_size, model.sequence_length), mask_ratio=shape["mask_ratio"], device=device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(images, idx_keep, idx_mask)
         loss_value = float(loss.detach())  # forward done (and synchronised)
@@ -202,7 +255,14 @@ def matmul_peak(torch, args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="mae-vit-tiny-patch4-32", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="mae-vit-tiny-patch4-32",
+                   help="the preset's name (its shape: the arguments below, else the PRESETS table)")
+    p.add_argument("--image-size", type=image_size, help="N or H,W pixels")
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--in-channels", type=int)
+    p.add_argument("--encoder", type=stack, help="DIM,DEPTH,HEADS,MLP")
+    p.add_argument("--decoder", type=stack, help="DIM,DEPTH,HEADS,MLP")
+    p.add_argument("--mask-ratio", type=float)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=5, help="timed steps (after --warmup steps)")
     p.add_argument("--warmup", type=int, default=2)

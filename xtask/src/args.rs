@@ -71,6 +71,36 @@ impl Args {
     pub fn usage(&self, msg: String) -> Error {
         Error::Usage { cmd: self.cmd, msg }
     }
+
+    /// Read every argument: `-h`/`--help` prints `help` and stops; any other
+    /// flag goes to `on_flag`, which takes its value from the `Args` it gets
+    /// (`args.value(flag)`) and answers [`Args::unknown`] for a flag it does
+    /// not know; a bare `--` ends the flags (what follows is in `rest`).
+    pub fn parse_flags(
+        &mut self,
+        help: &str,
+        mut on_flag: impl FnMut(&mut Args, &str) -> Result<(), Error>,
+    ) -> Result<Parsed, Error> {
+        while let Some(arg) = self.next()? {
+            match arg {
+                Arg::Flag(f) if f == "-h" || f == "--help" => {
+                    print!("{help}");
+                    return Ok(Parsed::Help);
+                }
+                Arg::Flag(f) => on_flag(self, &f)?,
+                Arg::Rest(rest) => return Ok(Parsed::Done { rest: Some(rest) }),
+            }
+        }
+        Ok(Parsed::Done { rest: None })
+    }
+}
+
+/// How [`Args::parse_flags`] ended.
+pub enum Parsed {
+    /// `-h`/`--help`: the help is printed and the subcommand has nothing to do.
+    Help,
+    /// Every flag was handled; `rest` is what followed a bare `--`, if one was given.
+    Done { rest: Option<Vec<String>> },
 }
 
 #[cfg(test)]
@@ -108,5 +138,27 @@ mod tests {
 
         let mut a = args(&["positional"]);
         assert!(a.next().is_err());
+    }
+
+    #[test]
+    fn parse_flags_handles_help_values_and_rest() {
+        let mut seen = Vec::new();
+        let mut a = args(&["--x", "--n=3", "--", "a"]);
+        let parsed = a
+            .parse_flags("help", |a, f| {
+                match f {
+                    "--x" => seen.push("x".to_string()),
+                    "--n" => seen.push(a.value(f)?),
+                    _ => return Err(a.unknown(f)),
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(parsed, Parsed::Done { rest: Some(r) } if r == ["a"]));
+        assert_eq!(seen, ["x", "3"]);
+        let mut a = args(&["-h", "--bogus"]);
+        assert!(matches!(a.parse_flags("", |a, f| Err(a.unknown(f))), Ok(Parsed::Help)));
+        let mut a = args(&["--bogus", "-h"]);
+        assert!(a.parse_flags("", |a, f| Err(a.unknown(f))).is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::args::{Arg, Args};
+use crate::args::{Args, Parsed};
 use crate::toolkit;
 use crate::util::{self, fail, Result};
 
@@ -78,27 +78,23 @@ struct Opts {
 pub fn main(argv: Vec<String>) -> Result<()> {
     let mut args = Args::new("build", argv);
     let mut o = Opts::default();
-    while let Some(arg) = args.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => {
-                    print!("{HELP}");
-                    return Ok(());
-                }
-                "--cuda" => o.cuda = true,
-                "--metal" => o.metal = true,
-                "--nccl" => o.nccl = true,
-                "--cudnn" => o.cudnn = true,
-                "--fetch-nvcc" => o.fetch_nvcc = true,
-                "--compute-cap" => o.compute_cap = Some(args.value("--compute-cap")?),
-                "--bins" => o.bins = true,
-                "--toolkit-only" => o.toolkit_only = true,
-                "--release" => o.release = true,
-                _ => return Err(args.unknown(&f)),
-            },
-            Arg::Rest(rest) => o.extra = rest,
+    let parsed = args.parse_flags(HELP, |args, f| {
+        match f {
+            "--cuda" => o.cuda = true,
+            "--metal" => o.metal = true,
+            "--nccl" => o.nccl = true,
+            "--cudnn" => o.cudnn = true,
+            "--fetch-nvcc" => o.fetch_nvcc = true,
+            "--compute-cap" => o.compute_cap = Some(args.value(f)?),
+            "--bins" => o.bins = true,
+            "--toolkit-only" => o.toolkit_only = true,
+            "--release" => o.release = true,
+            _ => return Err(args.unknown(f)),
         }
-    }
+        Ok(())
+    })?;
+    let Parsed::Done { rest } = parsed else { return Ok(()) };
+    o.extra = rest.unwrap_or_default();
     match (o.cuda, o.metal) {
         (true, true) => Err(args.usage("--cuda and --metal exclude each other".into())),
         (false, false) => Err(args

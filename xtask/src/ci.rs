@@ -1,6 +1,6 @@
 //! `cargo xtask ci`: format check, clippy, tests, stopping at the first failure.
 
-use crate::args::{Arg, Args};
+use crate::args::{Args, Parsed};
 use crate::util::{self, Result};
 
 pub const HELP: &str = "\
@@ -38,20 +38,41 @@ EXAMPLES:
 
 pub fn main(argv: Vec<String>) -> Result<()> {
     let mut args = Args::new("ci", argv);
-    let mut extra = Vec::new();
-    while let Some(arg) = args.next()? {
-        match arg {
-            Arg::Flag(f) if f == "-h" || f == "--help" => {
-                print!("{HELP}");
-                return Ok(());
-            }
-            Arg::Flag(f) => return Err(args.unknown(&f)),
-            Arg::Rest(rest) => extra = rest,
-        }
-    }
+    let Parsed::Done { rest } = args.parse_flags(HELP, |args, f| Err(args.unknown(f)))? else {
+        return Ok(());
+    };
+    let extra = rest.unwrap_or_default();
 
     let root = util::workspace_root();
-    let steps: Vec<(&str, Vec<String>)> = vec![
+    let steps = steps(extra);
+    let total = steps.len();
+    let mut timings = Vec::new();
+    println!("\n==> [0/{total}] standalone");
+    let (res, took) = util::timed(|| crate::standalone::check(&root));
+    timings.push(("standalone", took));
+    if let Err(e) = res {
+        print_summary(&timings, Some("standalone"));
+        return Err(e);
+    }
+    for (i, (name, cargo_args)) in steps.into_iter().enumerate() {
+        println!("\n==> [{}/{total}] {name}", i + 1);
+        let mut cmd = util::cargo_cmd(&root);
+        cmd.args(&cargo_args);
+        let (res, took) = util::timed(|| util::run(name, &mut cmd));
+        timings.push((name, took));
+        if let Err(e) = res {
+            print_summary(&timings, Some(name));
+            return Err(e);
+        }
+    }
+    print_summary(&timings, None);
+    Ok(())
+}
+
+/// The cargo steps after `standalone`: name and cargo arguments; `extra`
+/// goes to `cargo test --workspace`.
+fn steps(extra: Vec<String>) -> Vec<(&'static str, Vec<String>)> {
+    vec![
         ("fmt", svec(&["fmt", "--all", "--", "--check"])),
         ("clippy", svec(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])),
         // Optional features that have tests of their own (not in the default build).
@@ -90,30 +111,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
         // Two MPI ranks train like one process with the global batch; a failing rank stops the
         // job and the run resumes (runs `mpirun -np 2`).
         ("test-mpi", svec(&["test", "-p", "mae-cli", "--features", "mpi", "--test", "it", "distributed::"])),
-    ];
-
-    let total = steps.len();
-    let mut timings = Vec::new();
-    println!("\n==> [0/{total}] standalone");
-    let (res, took) = util::timed(|| crate::standalone::check(&root));
-    timings.push(("standalone", took));
-    if let Err(e) = res {
-        print_summary(&timings, Some("standalone"));
-        return Err(e);
-    }
-    for (i, (name, cargo_args)) in steps.into_iter().enumerate() {
-        println!("\n==> [{}/{total}] {name}", i + 1);
-        let mut cmd = util::cargo_cmd(&root);
-        cmd.args(&cargo_args);
-        let (res, took) = util::timed(|| util::run(name, &mut cmd));
-        timings.push((name, took));
-        if let Err(e) = res {
-            print_summary(&timings, Some(name));
-            return Err(e);
-        }
-    }
-    print_summary(&timings, None);
-    Ok(())
+    ]
 }
 
 fn print_summary(timings: &[(&str, std::time::Duration)], failed: Option<&str>) {

@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::args::{Arg, Args};
-use crate::util::{self, fail, Result};
+use crate::args::{Args, Parsed};
+use crate::python::{self, Venv};
+use crate::util::{self, fail, Log, Result};
 
 pub const HELP: &str = "\
 cargo xtask fixtures: regenerate the numerical fixtures in fixtures/
@@ -34,29 +35,27 @@ EXAMPLES:
     cargo xtask fixtures --python /usr/bin/python3.11
 ";
 
-const VENV: &str = ".venv-fixtures";
 const SCRIPT: &str = "xtask/fixtures/make_fixtures.py";
-const REQUIREMENTS: &str = "xtask/fixtures/requirements.txt";
+const VENV: Venv = Venv {
+    dir: ".venv-fixtures",
+    requirements: "xtask/fixtures/requirements.txt",
+    purpose: "the Python packages the fixture script needs",
+    hint: "",
+};
 
 pub fn main(argv: Vec<String>) -> Result<()> {
     let mut args = Args::new("fixtures", argv);
     let mut python: Option<String> = None;
     let mut setup = false;
-    let mut extra = Vec::new();
-    while let Some(arg) = args.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => {
-                    print!("{HELP}");
-                    return Ok(());
-                }
-                "--python" => python = Some(args.value("--python")?),
-                "--setup" => setup = true,
-                _ => return Err(args.unknown(&f)),
-            },
-            Arg::Rest(rest) => extra = rest,
+    let parsed = args.parse_flags(HELP, |args, f| {
+        match f {
+            "--python" => python = Some(args.value(f)?),
+            "--setup" => setup = true,
+            _ => return Err(args.unknown(f)),
         }
-    }
+        Ok(())
+    })?;
+    let Parsed::Done { rest } = parsed else { return Ok(()) };
 
     let root = util::workspace_root();
     if !root.join(SCRIPT).is_file() {
@@ -65,88 +64,39 @@ pub fn main(argv: Vec<String>) -> Result<()> {
              (it writes the fixtures into fixtures/)"
         ));
     }
-
-    let interpreter: PathBuf = match (&python, setup) {
-        (Some(py), false) => {
-            check_python(py)?;
-            PathBuf::from(py)
-        }
-        (base, true) => setup_venv(&root, base.as_deref().unwrap_or(default_python()))?,
-        (None, false) => {
-            let venv_python = venv_python(&root);
-            if root.join(VENV).exists() {
-                if !venv_python.exists() {
-                    return fail(format!(
-                        "{VENV}/ exists but has no {}; recreate it with \
-                         `cargo xtask fixtures --setup`",
-                        util::rel(&root, &venv_python)
-                    ));
-                }
-                println!("fixtures: using {}", util::rel(&root, &venv_python));
-                venv_python
-            } else {
-                println!("fixtures: no --python given and {VENV}/ does not exist: creating it");
-                setup_venv(&root, default_python())?
-            }
-        }
-    };
-
+    let interpreter = interpreter(&root, python.as_deref(), setup)?;
     println!("\n==> generate fixtures");
     let mut cmd = Command::new(&interpreter);
-    cmd.current_dir(&root).args([SCRIPT, "--out", "fixtures"]).args(&extra);
+    cmd.current_dir(&root).args([SCRIPT, "--out", "fixtures"]).args(rest.unwrap_or_default());
     util::run("make_fixtures", &mut cmd)?;
     println!("fixtures: regenerated fixtures/ (review with `git status fixtures`)");
     Ok(())
 }
 
-fn default_python() -> &'static str {
-    if cfg!(windows) {
-        "python"
-    } else {
-        "python3"
+/// `--python` as is; with `--setup` (or when the venv does not exist yet) a
+/// fresh `.venv-fixtures`; else the existing one.
+fn interpreter(root: &Path, python: Option<&str>, setup: bool) -> Result<PathBuf> {
+    match (python, setup) {
+        (Some(py), false) => {
+            python::check(py, "")?;
+            Ok(PathBuf::from(py))
+        }
+        (base, true) => VENV.create(root, base.unwrap_or(python::default_python()), Log::Stdout),
+        (None, false) => {
+            let venv_python = VENV.python(root);
+            if !root.join(VENV.dir).exists() {
+                println!("fixtures: no --python given and {}/ does not exist: creating it", VENV.dir);
+                return VENV.create(root, python::default_python(), Log::Stdout);
+            }
+            if !venv_python.exists() {
+                return fail(format!(
+                    "{}/ exists but has no {}; recreate it with `cargo xtask fixtures --setup`",
+                    VENV.dir,
+                    util::rel(root, &venv_python)
+                ));
+            }
+            println!("fixtures: using {}", util::rel(root, &venv_python));
+            Ok(venv_python)
+        }
     }
-}
-
-fn venv_python(root: &Path) -> PathBuf {
-    if cfg!(windows) {
-        root.join(VENV).join("Scripts").join("python.exe")
-    } else {
-        root.join(VENV).join("bin").join("python")
-    }
-}
-
-/// Fail clearly when `py` cannot be run.
-fn check_python(py: &str) -> Result<()> {
-    match Command::new(py).arg("--version").output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => fail(format!(
-            "`{py} --version` failed ({}): is it a Python interpreter?",
-            util::describe(out.status)
-        )),
-        Err(e) => fail(format!("cannot run Python interpreter `{py}`: {e}")),
-    }
-}
-
-/// Create (or refresh) `.venv-fixtures` from `base` and install the
-/// requirements into it; returns the venv's interpreter.
-fn setup_venv(root: &Path, base: &str) -> Result<PathBuf> {
-    check_python(base)?;
-    let requirements = root.join(REQUIREMENTS);
-    if !requirements.is_file() {
-        return fail(format!(
-            "{REQUIREMENTS} does not exist: it lists the Python packages the \
-             fixture script needs"
-        ));
-    }
-    println!("\n==> create {VENV} (from {base})");
-    let mut venv = Command::new(base);
-    venv.current_dir(root).args(["-m", "venv", VENV]);
-    util::run("venv", &mut venv)?;
-
-    let py = venv_python(root);
-    println!("\n==> install {REQUIREMENTS}");
-    let mut pip = Command::new(&py);
-    pip.current_dir(root).args(["-m", "pip", "install", "-r", REQUIREMENTS]);
-    util::run("pip install", &mut pip)?;
-    Ok(py)
 }

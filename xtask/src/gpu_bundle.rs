@@ -6,10 +6,11 @@
 //! empty stand-ins with the right sonames (`.tools/cuda-stubs`) and a link that leaves the CUDA
 //! symbols to the dynamic loader, which finds the real libraries on the GPU machine.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::args::{Arg, Args};
+use crate::args::{Args, Parsed};
 use crate::toolkit;
 use crate::util::{self, fail, Result};
 
@@ -60,40 +61,38 @@ const STUBS: [(&str, &str); 7] = [
     ("cudart", "libcudart.so.13"),
 ];
 
-pub fn main(argv: Vec<String>) -> Result<()> {
-    let mut args = Args::new("gpu-bundle", argv);
-    let (mut fetch, mut pack, mut cap_flag, mut out) = (false, false, None::<String>, None::<PathBuf>);
-    while let Some(arg) = args.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => {
-                    print!("{HELP}");
-                    return Ok(());
-                }
-                "--fetch-nvcc" => fetch = true,
-                "--pack" => pack = true,
-                "--compute-cap" => cap_flag = Some(args.value("--compute-cap")?),
-                "--out" => out = Some(PathBuf::from(args.value("--out")?)),
-                _ => return Err(args.unknown(&f)),
-            },
-            Arg::Rest(_) => return Err(args.usage("gpu-bundle takes no extra cargo arguments".into())),
-        }
-    }
-    let root = util::workspace_root();
-    let out = out.unwrap_or_else(|| root.join(".gpu-bundle"));
-    let tk = toolkit::locate(&root, fetch)?;
-    let (cap, from) = toolkit::compute_cap(cap_flag.as_deref(), toolkit::DEFAULT_COMPUTE_CAP)?;
-    let mut env = toolkit::env(&tk, &cap);
-    toolkit::print_env(&root, &tk, &cap, &from, &env);
+struct Opts {
+    fetch: bool,
+    pack: bool,
+    cap_flag: Option<String>,
+    out: Option<PathBuf>,
+}
 
-    let stubs = root.join(".tools/cuda-stubs");
-    make_stubs(&stubs)?;
-    let rustflags = format!(
-        "-L native={} -C link-arg=-Wl,--unresolved-symbols=ignore-all -C link-arg=-Wl,-z,lazy",
-        stubs.display()
-    );
-    env.push(("RUSTFLAGS", rustflags.into()));
-    env.push(("CARGO_TARGET_DIR", root.join("target/cuda").into()));
+fn parse(argv: Vec<String>) -> Result<Option<Opts>> {
+    let mut args = Args::new("gpu-bundle", argv);
+    let mut o = Opts { fetch: false, pack: false, cap_flag: None, out: None };
+    let parsed = args.parse_flags(HELP, |args, f| {
+        match f {
+            "--fetch-nvcc" => o.fetch = true,
+            "--pack" => o.pack = true,
+            "--compute-cap" => o.cap_flag = Some(args.value(f)?),
+            "--out" => o.out = Some(PathBuf::from(args.value(f)?)),
+            _ => return Err(args.unknown(f)),
+        }
+        Ok(())
+    })?;
+    match parsed {
+        Parsed::Help => Ok(None),
+        Parsed::Done { rest: Some(_) } => Err(args.usage("gpu-bundle takes no extra cargo arguments".into())),
+        Parsed::Done { rest: None } => Ok(Some(o)),
+    }
+}
+
+pub fn main(argv: Vec<String>) -> Result<()> {
+    let Some(o) = parse(argv)? else { return Ok(()) };
+    let root = util::workspace_root();
+    let out = o.out.clone().unwrap_or_else(|| root.join(".gpu-bundle"));
+    let env = build_env(&root, &o)?;
 
     println!("\n==> build the mae binary (release, cuda + nccl)");
     let mut cmd = util::cargo_cmd(&root);
@@ -102,19 +101,41 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     util::run("build", &mut cmd)?;
 
     println!("\n==> build the GPU tests");
-    let mut cmd = util::cargo_cmd(&root);
-    toolkit::apply_env(&mut cmd, &env);
-    cmd.args([
-        "test",
-        "--release",
-        "-p",
-        "mae",
-        "--features",
-        "cuda,nccl",
-        "--no-run",
-        "--message-format=json",
-    ]);
-    cmd.args(["--test", TEST_BINARY]);
+    let test_exe = build_tests(&root, &env)?;
+    assemble(&root, &out, &test_exe)?;
+    if o.pack {
+        pack(&root, &out)?;
+    }
+    println!(
+        "\ngpu-bundle: {} is ready; on the GPU machine: bash xtask/gpu/run-bundle.sh",
+        util::rel(&root, &out)
+    );
+    Ok(())
+}
+
+/// The CUDA build environment, linking against the stand-ins, into target/cuda.
+fn build_env(root: &Path, o: &Opts) -> Result<Vec<(&'static str, OsString)>> {
+    let tk = toolkit::locate(root, o.fetch)?;
+    let (cap, from) = toolkit::compute_cap(o.cap_flag.as_deref(), toolkit::DEFAULT_COMPUTE_CAP)?;
+    let mut env = toolkit::env(&tk, &cap);
+    toolkit::print_env(root, &tk, &cap, &from, &env);
+    let stubs = root.join(".tools/cuda-stubs");
+    make_stubs(&stubs)?;
+    let rustflags = format!(
+        "-L native={} -C link-arg=-Wl,--unresolved-symbols=ignore-all -C link-arg=-Wl,-z,lazy",
+        stubs.display()
+    );
+    env.push(("RUSTFLAGS", rustflags.into()));
+    env.push(("CARGO_TARGET_DIR", root.join("target/cuda").into()));
+    Ok(env)
+}
+
+/// Build the mae crate's test binary (without running it); returns its path.
+fn build_tests(root: &Path, env: &[(&'static str, OsString)]) -> Result<PathBuf> {
+    let mut cmd = util::cargo_cmd(root);
+    toolkit::apply_env(&mut cmd, env);
+    cmd.args(["test", "--release", "-p", "mae", "--features", "cuda,nccl", "--no-run"]);
+    cmd.args(["--message-format=json", "--test", TEST_BINARY]);
     let output = cmd
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -123,32 +144,33 @@ pub fn main(argv: Vec<String>) -> Result<()> {
         return fail(format!("building the GPU tests failed ({})", util::describe(output.status)));
     }
     let tests = test_executables(&String::from_utf8_lossy(&output.stdout));
+    match tests.into_iter().find(|(name, _)| name == TEST_BINARY) {
+        Some((_, exe)) => Ok(PathBuf::from(exe)),
+        None => fail(format!("cargo did not report the test binary `{TEST_BINARY}`")),
+    }
+}
 
+/// Copy the binaries into `out` (`mae`, `tests/<it>`, `tests/modules.txt`).
+fn assemble(root: &Path, out: &Path, test_exe: &Path) -> Result<()> {
     std::fs::create_dir_all(out.join("tests")).or_else(|e| fail(format!("{}: {e}", out.display())))?;
     copy(&root.join("target/cuda/release/mae"), &out.join("mae"))?;
-    let Some(exe) = tests.iter().find(|(name, _)| name == TEST_BINARY).map(|(_, p)| p) else {
-        return fail(format!("cargo did not report the test binary `{TEST_BINARY}`"));
-    };
-    copy(Path::new(exe), &out.join("tests").join(TEST_BINARY))?;
+    copy(test_exe, &out.join("tests").join(TEST_BINARY))?;
     // run-bundle.sh runs the binary once per module listed here (a filter `module::` each).
     let modules: String = GPU_TESTS.iter().map(|m| format!("{m}\n")).collect();
     std::fs::write(out.join("tests/modules.txt"), modules)
-        .or_else(|e| fail(format!("{}: {e}", out.display())))?;
-    if pack {
-        let archive = out.with_extension("tar.xz");
-        println!("\n==> pack {}", util::rel(&root, &archive));
-        let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
-            return fail(format!("--out {}: not a folder path", out.display()));
-        };
-        let mut cmd = Command::new("tar");
-        cmd.env("XZ_OPT", "-9 -T0").current_dir(parent).arg("-cJf").arg(&archive).arg(name);
-        util::run("pack", &mut cmd)?;
-    }
-    println!(
-        "\ngpu-bundle: {} is ready; on the GPU machine: bash xtask/gpu/run-bundle.sh",
-        util::rel(&root, &out)
-    );
-    Ok(())
+        .or_else(|e| fail(format!("{}: {e}", out.display())))
+}
+
+/// `tar -cJf out.tar.xz out`.
+fn pack(root: &Path, out: &Path) -> Result<()> {
+    let archive = out.with_extension("tar.xz");
+    println!("\n==> pack {}", util::rel(root, &archive));
+    let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
+        return fail(format!("--out {}: not a folder path", out.display()));
+    };
+    let mut cmd = Command::new("tar");
+    cmd.env("XZ_OPT", "-9 -T0").current_dir(parent).arg("-cJf").arg(&archive).arg(name);
+    util::run("pack", &mut cmd)
 }
 
 /// Empty shared libraries with the sonames the link records (compiled with `cc`).

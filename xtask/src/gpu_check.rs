@@ -1,10 +1,12 @@
 //! `cargo xtask gpu-check`: the one-shot check to run on a machine with an
 //! NVIDIA GPU: release build with CUDA, the test suite on the GPU, benchmarks.
 
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::args::{Arg, Args};
+use crate::args::{Args, Parsed};
 use crate::bench;
 use crate::build_cmd::run_cuda_cargo;
 use crate::toolkit;
@@ -69,6 +71,22 @@ impl Report {
         self.stages.push(Stage { name, status, took, note: note.into() });
     }
 
+    /// Record a stage from its timed result: `ok_note` describes what it
+    /// returned, `failed_note` is the note when it failed.
+    fn record<T>(
+        &mut self,
+        name: &'static str,
+        (res, took): (Result<T>, Duration),
+        ok_note: impl FnOnce(&T) -> String,
+        failed_note: &str,
+    ) -> Result<T> {
+        match &res {
+            Ok(v) => self.add(name, Status::Ok, took, ok_note(v)),
+            Err(_) => self.add(name, Status::Failed, took, failed_note),
+        }
+        res
+    }
+
     /// Print the summary and turn the first error into the result.
     fn finish(mut self, error: Option<util::Error>) -> Result<()> {
         for name in STAGES {
@@ -103,123 +121,98 @@ impl Report {
     }
 }
 
-pub fn main(argv: Vec<String>) -> Result<()> {
+struct Opts {
+    fetch: bool,
+    cap_flag: Option<String>,
+    extra: Vec<String>,
+}
+
+fn parse(argv: Vec<String>) -> Result<Option<Opts>> {
     let mut args = Args::new("gpu-check", argv);
-    let mut fetch = false;
-    let mut cap_flag: Option<String> = None;
-    let mut extra = Vec::new();
-    while let Some(arg) = args.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => {
-                    print!("{HELP}");
-                    return Ok(());
-                }
-                "--fetch-nvcc" => fetch = true,
-                "--compute-cap" => cap_flag = Some(args.value("--compute-cap")?),
-                _ => return Err(args.unknown(&f)),
-            },
-            Arg::Rest(rest) => extra = rest,
+    let (mut fetch, mut cap_flag) = (false, None);
+    let parsed = args.parse_flags(HELP, |args, f| {
+        match f {
+            "--fetch-nvcc" => fetch = true,
+            "--compute-cap" => cap_flag = Some(args.value(f)?),
+            _ => return Err(args.unknown(f)),
         }
-    }
+        Ok(())
+    })?;
+    let Parsed::Done { rest } = parsed else { return Ok(None) };
     // Reject a bad --compute-cap before spending time on anything.
     if let Some(cap) = &cap_flag {
         toolkit::compute_cap(Some(cap), toolkit::DEFAULT_COMPUTE_CAP)?;
     }
+    Ok(Some(Opts { fetch, cap_flag, extra: rest.unwrap_or_default() }))
+}
 
+pub fn main(argv: Vec<String>) -> Result<()> {
+    let Some(o) = parse(argv)? else { return Ok(()) };
     let root = util::workspace_root();
     let mut report = Report::default();
+    let error = stages(&root, &o, &mut report).err();
+    report.finish(error)
+}
 
-    // 1. The GPU.
+/// Run the stages in order, recording each in `report`. The gpu, nvcc and
+/// build stages stop at a failure; a failing test stage still lets the bench
+/// stage run. Returns the first error.
+fn stages(root: &Path, o: &Opts, report: &mut Report) -> Result<()> {
     println!("==> [1/5] gpu: nvidia-smi");
-    let (gpu, took) = util::timed(query_gpu);
-    let detected_cap = match gpu {
-        Ok((desc, cap)) => {
-            report.add("gpu", Status::Ok, took, desc);
-            cap
-        }
-        Err(e) => {
-            report.add("gpu", Status::Failed, took, "nvidia-smi");
-            return report.finish(Some(e));
-        }
-    };
+    let (_, detected_cap) = report.record("gpu", util::timed(query_gpu), |(d, _)| d.clone(), "nvidia-smi")?;
 
-    // 2. The compiler.
     println!("\n==> [2/5] nvcc");
-    let (found, took) = util::timed(|| -> Result<_> {
-        let tk = toolkit::locate(&root, fetch)?;
-        let default = detected_cap.clone().unwrap_or_else(|| toolkit::DEFAULT_COMPUTE_CAP.to_string());
-        let (cap, mut from) = toolkit::compute_cap(cap_flag.as_deref(), &default)?;
-        if from == "default" && detected_cap.is_some() {
-            from = "from nvidia-smi".into();
-        }
-        let env = toolkit::env(&tk, &cap);
-        toolkit::print_env(&root, &tk, &cap, &from, &env);
-        toolkit::probe(&tk, &cap, &env)?;
-        Ok((tk, cap, env))
-    });
-    let (env, run_env) = match found {
-        Ok((tk, cap, env)) => {
-            let note = format!("{}, sm_{}", util::rel(&root, &tk.nvcc), toolkit::nvcc_arch(&cap));
-            report.add("nvcc", Status::Ok, took, note);
-            // Tests and benchmarks also find the toolkit's shared libraries.
-            let mut run_env = env.clone();
-            run_env.extend(toolkit::runtime_library_path(&tk));
-            (env, run_env)
-        }
-        Err(e) => {
-            report.add("nvcc", Status::Failed, took, "");
-            return report.finish(Some(e));
-        }
-    };
+    let found = util::timed(|| find_nvcc(root, o, detected_cap));
+    let note = |(tk, cap, _): &Nvcc| format!("{}, sm_{}", util::rel(root, &tk.nvcc), toolkit::nvcc_arch(cap));
+    let (tk, _, env) = report.record("nvcc", found, note, "")?;
+    // Tests and benchmarks also find the toolkit's shared libraries.
+    let mut run_env = env.clone();
+    run_env.extend(toolkit::runtime_library_path(&tk));
 
-    // 3. Release build.
     println!("\n==> [3/5] build");
-    let mut cmd = util::cargo_cmd(&root);
-    toolkit::apply_env(&mut cmd, &env);
-    cmd.args(cuda_args("build"));
-    let (res, took) = util::timed(|| run_cuda_cargo("build", &mut cmd));
-    if let Err(e) = res {
-        report.add("build", Status::Failed, took, "release, mae-cli/cuda");
-        return report.finish(Some(e));
-    }
-    report.add("build", Status::Ok, took, "release, mae-cli/cuda");
+    let built = util::timed(|| cuda_cargo(root, &env, "build", &[]));
+    report.record("build", built, |_| "release, mae-cli/cuda".into(), "release, mae-cli/cuda")?;
 
-    // 4. Tests on the GPU.
     println!("\n==> [4/5] test");
-    let mut cmd = util::cargo_cmd(&root);
-    toolkit::apply_env(&mut cmd, &run_env);
-    cmd.env("MAE_TEST_DEVICE", "cuda");
-    cmd.args(cuda_args("test")).args(&extra);
-    let (res, took) = util::timed(|| run_cuda_cargo("test", &mut cmd));
-    let mut first_error = None;
-    match res {
-        Ok(()) => report.add("test", Status::Ok, took, "MAE_TEST_DEVICE=cuda"),
-        Err(e) => {
-            report.add("test", Status::Failed, took, "MAE_TEST_DEVICE=cuda");
-            first_error = Some(e);
-        }
-    }
+    let tested = util::timed(|| cuda_cargo(root, &run_env, "test", &o.extra));
+    let tested = report.record("test", tested, |_| "MAE_TEST_DEVICE=cuda".into(), "MAE_TEST_DEVICE=cuda");
 
-    // 5. Benchmarks.
     println!("\n==> [5/5] bench");
-    if bench::IMPLEMENTED {
-        let mut cmd = util::cargo_cmd(&root);
-        toolkit::apply_env(&mut cmd, &run_env);
-        cmd.args(["xtask", "bench"]).args(bench::GPU_CHECK_ARGS);
-        let (res, took) = util::timed(|| util::run("bench", &mut cmd));
-        match res {
-            Ok(()) => report.add("bench", Status::Ok, took, ""),
-            Err(e) => {
-                report.add("bench", Status::Failed, took, "");
-                first_error.get_or_insert(e);
-            }
-        }
-    } else {
-        println!("note: skipping the bench stage: `cargo xtask bench` is not implemented yet");
-        report.add("bench", Status::Skipped, Duration::ZERO, "`cargo xtask bench` not implemented yet");
+    let mut cmd = util::cargo_cmd(root);
+    toolkit::apply_env(&mut cmd, &run_env);
+    cmd.args(["xtask", "bench"]).args(bench::GPU_CHECK_ARGS);
+    let benched = report.record("bench", util::timed(|| util::run("bench", &mut cmd)), |_| String::new(), "");
+    tested.and(benched)
+}
+
+/// The toolkit, the compute capability to build for and the build environment.
+type Nvcc = (toolkit::Toolkit, String, Vec<(&'static str, OsString)>);
+
+/// Find nvcc as `build --cuda` does (the GPU's own compute capability is the
+/// default), print the environment and compile the test kernel.
+fn find_nvcc(root: &Path, o: &Opts, detected_cap: Option<String>) -> Result<Nvcc> {
+    let tk = toolkit::locate(root, o.fetch)?;
+    let default = detected_cap.clone().unwrap_or_else(|| toolkit::DEFAULT_COMPUTE_CAP.to_string());
+    let (cap, mut from) = toolkit::compute_cap(o.cap_flag.as_deref(), &default)?;
+    if from == "default" && detected_cap.is_some() {
+        from = "from nvidia-smi".into();
     }
-    report.finish(first_error)
+    let env = toolkit::env(&tk, &cap);
+    toolkit::print_env(root, &tk, &cap, &from, &env);
+    toolkit::probe(&tk, &cap, &env)?;
+    Ok((tk, cap, env))
+}
+
+/// `cargo build|test --release --workspace ... --features mae-cli/cuda`; the
+/// tests get `MAE_TEST_DEVICE=cuda`.
+fn cuda_cargo(root: &Path, env: &[(&'static str, OsString)], sub: &str, extra: &[String]) -> Result<()> {
+    let mut cmd = util::cargo_cmd(root);
+    toolkit::apply_env(&mut cmd, env);
+    if sub == "test" {
+        cmd.env("MAE_TEST_DEVICE", "cuda");
+    }
+    cmd.args(cuda_args(sub)).args(extra);
+    run_cuda_cargo(sub, &mut cmd)
 }
 
 fn cuda_args(sub: &str) -> [&str; 7] {

@@ -10,6 +10,7 @@ mod ci;
 mod fixtures;
 mod gpu_bundle;
 mod gpu_check;
+mod python;
 mod standalone;
 mod toolkit;
 mod util;

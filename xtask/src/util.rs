@@ -89,11 +89,47 @@ fn quote(s: &str) -> String {
     }
 }
 
-/// Print a step header and the command line, then run the command with
-/// inherited stdio. `step` names the step in the error message.
+/// Where a subcommand's progress (step headers, command lines) goes: stdout,
+/// or stderr for `bench`, whose stdout carries its results only.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Log {
+    Stdout,
+    Stderr,
+}
+
+impl Log {
+    /// A step header, `\n==> msg`.
+    pub fn step(self, msg: &str) {
+        match self {
+            Log::Stdout => println!("\n==> {msg}"),
+            Log::Stderr => {
+                flush();
+                eprintln!("\n==> {msg}");
+            }
+        }
+    }
+
+    /// The command line about to run, `$ cmd`.
+    pub fn command(self, cmd: &Command) {
+        match self {
+            Log::Stdout => {
+                println!("$ {}", display(cmd));
+                flush();
+            }
+            Log::Stderr => eprintln!("$ {}", display(cmd)),
+        }
+    }
+}
+
+/// Print the command line, then run the command with inherited stdio.
+/// `step` names the step in the error message.
 pub fn run(step: &str, cmd: &mut Command) -> Result<()> {
-    println!("$ {}", display(cmd));
-    flush();
+    run_logged(Log::Stdout, step, cmd)
+}
+
+/// [`run`], with the command line printed on `log`.
+pub fn run_logged(log: Log, step: &str, cmd: &mut Command) -> Result<()> {
+    log.command(cmd);
     let status = spawn_wait(step, cmd)?;
     check(step, cmd, status)
 }
@@ -131,8 +167,7 @@ pub fn run_scanning(
     cmd: &mut Command,
     scan: impl Fn(&str) -> Option<String>,
 ) -> (Result<()>, Vec<String>) {
-    println!("$ {}", display(cmd));
-    flush();
+    Log::Stdout.command(cmd);
     // Cargo only colours its output for a terminal; keep the colours when
     // our own stderr is one, even though we read its stderr through a pipe.
     if std::io::stderr().is_terminal() && std::env::var_os("CARGO_TERM_COLOR").is_none() {
@@ -216,6 +251,15 @@ pub fn is_executable(p: &Path) -> bool {
     #[cfg(not(unix))]
     {
         p.is_file()
+    }
+}
+
+/// `$CARGO_TARGET_DIR`, else `<root>/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => root.join(d),
+        None => root.join("target"),
     }
 }
 
