@@ -34,7 +34,8 @@ impl WeightsFile {
             what: "safetensors file",
             message,
         };
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(explain_safetensors(&e, bytes.len())))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let tensors =
             candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
@@ -61,6 +62,30 @@ impl WeightsFile {
             what: "mae checkpoint",
             message: format!("its `{CONFIG_METADATA_KEY}` header is not a valid config: {e}"),
         })
+    }
+}
+
+/// What a safetensors reading error means for a user: the damage (truncated, not this kind of
+/// file) rather than the library's wording.
+fn explain_safetensors(e: &safetensors::SafeTensorError, len: usize) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall => format!(
+            "it is {len} bytes, too short for a safetensors file (which starts with an 8-byte header \
+             length): the file is empty or damaged"
+        ),
+        E::InvalidHeaderLength => format!(
+            "its first 8 bytes declare a header longer than the whole file ({len} bytes): it is \
+             truncated, or not a safetensors file"
+        ),
+        E::HeaderTooLarge => "its first 8 bytes declare a header of more than 100 MB, which no weights file \
+                              has: it is damaged, or not a safetensors file"
+            .to_string(),
+        E::MetadataIncompleteBuffer => format!(
+            "its header describes tensor data that does not end where the file ends ({len} bytes): \
+             the file is truncated or damaged (an interrupted download or copy?)"
+        ),
+        other => other.to_string(),
     }
 }
 

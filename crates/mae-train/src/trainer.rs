@@ -391,7 +391,8 @@ impl<M: Trainable> Trainer<M> {
         lr: f64,
         run: &mut FitRun,
     ) -> Result<()> {
-        let step = self.state.step;
+        // 1-based, as the progress lines and metrics.jsonl number steps.
+        let step = self.state.step + 1;
         if !loss.is_finite() || !grad_norm.is_finite() {
             run.nonfinite_in_a_row += 1;
             run.skipped += 1;

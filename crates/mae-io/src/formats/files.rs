@@ -107,8 +107,70 @@ pub(super) fn read_tensors(path: &Path, device: &Device) -> Result<FileTensors> 
              `torch.save(torch.load(path), path)` in a recent PyTorch",
         ));
     }
+    let pytorch_name = path.extension().is_some_and(|e| matches!(e.to_str(), Some("pth" | "pt" | "bin")));
+    if pytorch_name && looks_unlike_safetensors(magic) {
+        return Err(format_error(
+            path,
+            "PyTorch checkpoint",
+            "it does not start with the zip signature `PK` of a `torch.save` file (nor is it a safetensors \
+             file): it is damaged or not a checkpoint",
+        ));
+    }
     let file = WeightsFile::read(path, device)?;
     let header = file.mae_config()?;
     let encoder_header = file.classifier_encoder_config()?;
     Ok(FileTensors { tensors: file.tensors, header, encoder_header, pickled: false })
+}
+
+/// A safetensors file starts with its header length as a little-endian u64 followed by `{`: a
+/// header under 100 MB has zero high bytes. Anything else in a `.pth`/`.bin` file is not one.
+fn looks_unlike_safetensors(magic: &[u8]) -> bool {
+    magic.get(3).is_none_or(|&b| b != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small valid safetensors file: one f32 tensor of 4 values.
+    fn valid() -> Vec<u8> {
+        let t = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t)]), &path).unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    fn error_for(name: &str, bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        match read_tensors(&path, &Device::Cpu) {
+            Ok(_) => panic!("{name}: read"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn damaged_weight_files_say_what_is_wrong_with_them() {
+        let good = valid();
+        let e = error_for("cut.safetensors", &good[..good.len() - 3]);
+        assert!(e.contains("cut.safetensors") && e.contains("truncated"), "{e}");
+        let e = error_for("tiny.safetensors", &good[..5]);
+        assert!(e.contains("5 bytes, too short"), "{e}");
+        let mut absurd = good.clone();
+        absurd[..8].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        let e = error_for("long.safetensors", &absurd);
+        assert!(e.contains("header longer than the whole file"), "{e}");
+        absurd[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let e = error_for("absurd.safetensors", &absurd);
+        assert!(e.contains("more than 100 MB"), "{e}");
+        // A `.pth` that is neither a zip (torch.save) nor a safetensors file.
+        let e = error_for("model.pth", b"this is not a checkpoint at all");
+        assert!(e.contains("model.pth") && e.contains("zip signature"), "{e}");
+        // A safetensors file named `.bin` still reads (some hubs do that).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.bin"), &good).unwrap();
+        assert!(read_tensors(&dir.path().join("w.bin"), &Device::Cpu).is_ok());
+    }
 }
