@@ -2,15 +2,15 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use mae::{MaeConfig, MaskedAutoencoder, Pool};
-use mae_data::{DataSpec, OpenOptions, Transform};
+use mae::{MaeConfig, MaskedAutoencoder};
+use mae_data::Transform;
 
+use crate::flags::{choice, cores, DtypeArg, PoolArg};
 use crate::util;
 
 #[derive(Args)]
@@ -80,39 +80,21 @@ pub struct EmbedArgs {
     /// Output safetensors: `features` [N, D], `labels` [N] (when labeled).
     #[arg(long)]
     pub out: PathBuf,
-    /// cls or mean (of patch tokens).
-    #[arg(long, default_value = "mean")]
-    pub pool: String,
+    /// cls (token) or mean (of the patch tokens).
+    #[arg(long, default_value = "mean", value_parser = choice::<PoolArg>())]
+    pub pool: PoolArg,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
 
-fn parse_pool(s: &str) -> Result<Pool> {
-    match s {
-        "cls" => Ok(Pool::Cls),
-        "mean" => Ok(Pool::Mean),
-        _ => bail!("--pool {s}: expected cls or mean"),
-    }
-}
-
-fn open_data(spec: &str, flag: &str, size: usize) -> Result<Arc<dyn mae_data::Dataset>> {
-    let parsed: DataSpec = spec.parse().with_context(|| format!("{flag} {spec}"))?;
-    let options = OpenOptions { synthetic_size: size as u32, ..OpenOptions::default() };
-    mae_data::open(&parsed, &options).with_context(|| format!("{flag} {spec}"))
-}
-
-fn workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 pub fn embed(args: EmbedArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
-    let encoder = util::load_encoder(&args.weights, &device)?.into_parts().1;
-    let dataset = open_data(&args.data, "--data", encoder.config().image_size[0])?;
+    let encoder = util::load_or_init_encoder(Some(&args.weights), None, 0, &device)?;
+    let dataset = util::open_dataset(&args.data, "--data", encoder.config().image_size[0])?;
     let (features, labels) =
-        mae_eval::extract_features(&encoder, dataset, parse_pool(&args.pool)?, args.batch_size, workers())?;
+        mae_eval::extract_features(encoder.vit(), dataset, args.pool.into(), args.batch_size, cores())?;
     let mut out = HashMap::from([("features".to_string(), features.clone())]);
     if labels.len() == features.dim(0)? {
         out.insert("labels".to_string(), Tensor::from_vec(labels.clone(), labels.len(), &Device::Cpu)?);
@@ -137,12 +119,15 @@ pub struct KnnArgs {
     pub train: String,
     #[arg(long, value_name = "SPEC")]
     pub test: String,
+    /// Neighbours that vote (at least 1; at most the training set's size is used).
     #[arg(long, default_value_t = 200)]
     pub k: usize,
+    /// Softmax temperature of the votes (a positive number).
     #[arg(long, default_value_t = 0.07)]
     pub temperature: f64,
-    #[arg(long, default_value = "mean")]
-    pub pool: String,
+    /// cls (token) or mean (of the patch tokens).
+    #[arg(long, default_value = "mean", value_parser = choice::<PoolArg>())]
+    pub pool: PoolArg,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -157,18 +142,18 @@ pub struct KnnArgs {
 }
 
 pub fn knn(args: KnnArgs) -> Result<()> {
+    if args.k == 0 {
+        bail!("--k 0: at least 1 neighbour must vote");
+    }
+    if !(args.temperature.is_finite() && args.temperature > 0.0) {
+        bail!("--temperature {}: must be a positive number", args.temperature);
+    }
     let device = util::parse_device(&args.device)?;
-    let encoder = match (&args.weights, &args.preset) {
-        (Some(w), _) => util::load_encoder(w, &device)?.into_parts().1,
-        (None, Some(p)) => {
-            let config = MaeConfig::preset(p).context("--preset")?;
-            MaskedAutoencoder::new(&config, args.seed, &device)?.encoder().clone()
-        }
-        (None, None) => bail!("give --weights or --preset"),
-    };
+    let (weights, preset) = (args.weights.as_deref(), args.preset.as_deref());
+    let encoder = util::load_or_init_encoder(weights, preset, args.seed, &device)?;
     let size = encoder.config().image_size[0];
-    let train = open_data(&args.train, "--train", size)?;
-    let test = open_data(&args.test, "--test", size)?;
+    let train = util::open_dataset(&args.train, "--train", size)?;
+    let test = util::open_dataset(&args.test, "--test", size)?;
     if train.class_names().is_empty() {
         bail!("--train {}: k-NN needs a labeled dataset", args.train);
     }
@@ -178,15 +163,15 @@ pub fn knn(args: KnnArgs) -> Result<()> {
         every_epochs: 1,
         k: args.k,
         temperature: args.temperature,
-        pool: parse_pool(&args.pool)?,
+        pool: args.pool.into(),
     };
     let r = if args.raw_pixels {
-        let (train, train_labels) = mae_eval::raw_pixels(monitor.train.clone(), size, workers())?;
-        let (test, test_labels) = mae_eval::raw_pixels(monitor.test.clone(), size, workers())?;
+        let (train, train_labels) = mae_eval::raw_pixels(monitor.train.clone(), size, cores())?;
+        let (test, test_labels) = mae_eval::raw_pixels(monitor.test.clone(), size, cores())?;
         let classes = monitor.train.class_names().len();
         mae_eval::knn_classify(&train, &train_labels, &test, &test_labels, classes, args.k, args.temperature)?
     } else {
-        mae_eval::knn_accuracy(&encoder, &monitor)?
+        mae_eval::knn_accuracy(encoder.vit(), &monitor)?
     };
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -290,8 +275,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// f32, or bf16 (mixed precision: matrix products in bf16, weights and AdamW in f32).
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    #[arg(long, default_value = "f32", value_parser = choice::<DtypeArg>())]
+    pub dtype: DtypeArg,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -308,28 +293,45 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
     let config = MaeConfig::preset(&args.preset).context("--preset")?;
     let mut model = MaskedAutoencoder::new(&config, 0, &device)?;
-    model.set_compute_dtype(util::compute_dtype_for(&args.dtype, &device)?);
+    model.set_compute_dtype(args.dtype.compute_dtype(&device)?);
+    let timings = time_steps(&mut model, args.batch_size, args.steps, &device)?;
+    let record = timings.record(&args);
+    if args.json {
+        println!("{record}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    }
+    Ok(())
+}
+
+/// Warm-up steps `mae bench` leaves out of its timings (kernels loaded, memory pools filled).
+const WARMUP_STEPS: usize = 2;
+
+/// Seconds of each timed training step, and their sums per phase.
+struct StepTimings {
+    steps: Vec<f64>,
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
+/// Times `steps` full training steps (after the warm-up) of `model` on seeded stand-in images.
+fn time_steps(
+    model: &mut MaskedAutoencoder,
+    batch: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<StepTimings> {
+    let config = model.config().clone();
     let mut opt = mae_train::AdamW::new(model.named_vars(), mae_train::AdamWConfig::default())?;
     let [h, w] = config.image_size;
-    let pixels = mae_patch_noise(args.batch_size * 3 * h * w)?
-        .reshape((args.batch_size, 3, h, w))?
-        .to_device(&device)?;
-    let mut times = Vec::new();
-    let mut split = (0.0, 0.0, 0.0);
-    for step in 0..args.steps + 2 {
+    let pixels = mae_patch_noise(batch * 3 * h * w)?.reshape((batch, 3, h, w))?.to_device(device)?;
+    let mut timings = StepTimings { steps: Vec::new(), forward: 0.0, backward: 0.0, optimizer: 0.0 };
+    for step in 0..steps + WARMUP_STEPS {
         let t0 = Instant::now();
-        let noise = mae::pretrain::batch_noise(
-            0,
-            step as u64,
-            &(0..args.batch_size).collect::<Vec<_>>(),
-            config.num_patches(),
-        );
-        let plan = mae::MaskPlan::from_noise_values(
-            &noise,
-            args.batch_size,
-            config.num_patches(),
-            config.mask_ratio,
-        )?;
+        let noise =
+            mae::pretrain::batch_noise(0, step as u64, &(0..batch).collect::<Vec<_>>(), config.num_patches());
+        let plan = mae::MaskPlan::from_noise_values(&noise, batch, config.num_patches(), config.mask_ratio)?;
         let loss = model.forward_with_plan(&pixels, &plan)?.loss;
         let _ = loss.to_scalar::<f32>()?; // forward done
         let t1 = Instant::now();
@@ -343,36 +345,38 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         opt.step(&g, 1e-4)?;
         device.synchronize()?;
         let t3 = Instant::now();
-        if step >= 2 {
-            times.push((t3 - t0).as_secs_f64());
-            split.0 += (t1 - t0).as_secs_f64();
-            split.1 += (t2 - t1).as_secs_f64();
-            split.2 += (t3 - t2).as_secs_f64();
+        if step >= WARMUP_STEPS {
+            timings.steps.push((t3 - t0).as_secs_f64());
+            timings.forward += (t1 - t0).as_secs_f64();
+            timings.backward += (t2 - t1).as_secs_f64();
+            timings.optimizer += (t3 - t2).as_secs_f64();
         }
     }
-    times.sort_by(f64::total_cmp);
-    let n = times.len().max(1) as f64;
-    let median = times[times.len() / 2];
-    let record = serde_json::json!({
-        "preset": args.preset,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "dtype": args.dtype,
-        "step_s_median": median,
-        "step_s_min": times.first(),
-        "step_s_max": times.last(),
-        "img_per_s": args.batch_size as f64 / median,
-        "forward_s": split.0 / n,
-        "backward_s": split.1 / n,
-        "optimizer_s": split.2 / n,
-        "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
-    });
-    if args.json {
-        println!("{record}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&record)?);
+    timings.steps.sort_by(f64::total_cmp);
+    Ok(timings)
+}
+
+impl StepTimings {
+    /// What `mae bench` prints: one JSON object (read by `cargo xtask bench`).
+    fn record(&self, args: &BenchArgs) -> serde_json::Value {
+        // At least one timed step: `bench` refuses --steps 0.
+        let n = self.steps.len().max(1) as f64;
+        let median = self.steps.get(self.steps.len() / 2).copied().unwrap_or(f64::NAN);
+        serde_json::json!({
+            "preset": args.preset,
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "dtype": args.dtype.name(),
+            "step_s_median": median,
+            "step_s_min": self.steps.first(),
+            "step_s_max": self.steps.last(),
+            "img_per_s": args.batch_size as f64 / median,
+            "forward_s": self.forward / n,
+            "backward_s": self.backward / n,
+            "optimizer_s": self.optimizer / n,
+            "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
+        })
     }
-    Ok(())
 }
 
 /// Seeded stand-in pixels in the normalised range.

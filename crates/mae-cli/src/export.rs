@@ -7,6 +7,7 @@ use candle_core::Device;
 use clap::{Args, ValueEnum};
 use mae::{ExportFormat, Hub};
 
+use crate::flags::choice;
 use crate::util;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -45,7 +46,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub weights: PathBuf,
     /// What to write (timm needs only the encoder; hf and ours need the decoder too).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<FormatArg>())]
     pub format: FormatArg,
     /// Output folder (or, for ours, a .safetensors file).
     #[arg(long)]

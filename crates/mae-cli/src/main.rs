@@ -3,8 +3,10 @@
 mod classify;
 mod commands;
 mod export;
+mod flags;
 mod launch;
 mod pretrain;
+mod recipe;
 mod run_folder;
 mod settings;
 mod util;
@@ -141,7 +143,7 @@ fn world_from_env(
 ) -> anyhow::Result<std::sync::Arc<dyn mae_train::Collective>> {
     #[cfg(feature = "nccl")]
     if let Some(launch) = mae_train::collective::NcclLaunch::from_env()? {
-        let device = util::parse_device(args.device.as_deref().unwrap_or("cuda"))?;
+        let device = util::parse_device(args.run.device.as_deref().unwrap_or("cuda"))?;
         return Ok(std::sync::Arc::new(mae_train::collective::NcclCollective::init(&device, &launch)?));
     }
     #[cfg(not(feature = "nccl"))]

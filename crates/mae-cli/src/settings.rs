@@ -1,6 +1,6 @@
 //! `mae pretrain` settings: one struct serves as the command-line flags and as the TOML config
-//! file (every field optional), merged as defaults < file < flags, then resolved into the full
-//! [`Pretrain`] that is saved as `config.toml` in the run folder.
+//! file (every field optional), layered as defaults < file < flags, then resolved into the full
+//! [`Pretrain`] that is saved as `config.toml` in the run folder (and read back by `--resume`).
 
 use std::path::{Path, PathBuf};
 
@@ -8,16 +8,22 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::flags::{
+    choice, refuse_on_resume, take_given, DtypeArg, GradientFlags, ProgressArg, RecipeFlags, RunFlags,
+};
+use crate::recipe::{run_length, RecipeNumbers, RunLength};
+
 /// The quick start's model when neither --preset nor --config is given.
 pub const QUICKSTART_PRESET: &str = "mae-vit-micro-patch4-32";
 
+/// The flags of `mae pretrain`, and the keys of its `--config` file (the flag names with
+/// underscores; the flags only the command line takes are `#[serde(skip)]`).
 #[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 #[command(after_help = "\
 Without --preset (and without --config) this is the quick start: mae-vit-micro-patch4-32 on
 built-in synthetic shapes, 600 steps at base lr 1.5e-3, a few CPU minutes. With a preset the
 defaults are the paper's: base lr 1.5e-4 x batch/256, AdamW (0.9, 0.95), weight decay 0.05,
-warm-up then cosine.
+warm-up (5% of the run) then cosine, for 1000 steps unless the epochs or steps are given.
 
 Examples:
   mae pretrain
@@ -42,29 +48,12 @@ pub struct PretrainArgs {
     /// Model preset (see `mae info --presets`); default: the quick start's mae-vit-micro-patch4-32.
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
-    /// Train for this many epochs...
-    #[arg(long, conflicts_with = "steps")]
-    pub epochs: Option<usize>,
-    /// ...or for this many optimizer steps.
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Images per micro-batch (per process).
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step (gradient accumulation).
-    #[arg(long)]
-    pub accum: Option<usize>,
-    /// Learning rate per 256 images: lr = base_lr x effective batch / 256 (paper: 1.5e-4).
-    #[arg(long)]
-    pub base_lr: Option<f64>,
-    /// Floor of the cosine schedule.
-    #[arg(long)]
-    pub min_lr: Option<f64>,
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// Linear warm-up length, in epochs (may be fractional).
-    #[arg(long)]
-    pub warmup_epochs: Option<f64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub recipe: RecipeFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub gradient: GradientFlags,
     /// Fraction of patches hidden (paper: 0.75).
     #[arg(long)]
     pub mask_ratio: Option<f64>,
@@ -74,41 +63,24 @@ pub struct PretrainArgs {
     /// Image side in pixels (default: the preset's).
     #[arg(long)]
     pub img_size: Option<usize>,
-    /// Data loading threads (default: the number of cores).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Seeds the initialisation, data order, augmentations and masks.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// cpu, cuda, cuda:N or metal.
-    #[arg(long)]
-    pub device: Option<String>,
+    /// Compute precision: f32 (default), or bf16 (mixed precision for GPUs: matrix products in
+    /// bf16, weights, optimizer state, norms and the loss in f32). f16 is refused: fp16 training
+    /// needs loss scaling.
+    #[arg(long, value_parser = choice::<DtypeArg>())]
+    pub dtype: Option<DtypeArg>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunFlags,
     /// Data parallel over these GPUs, one process each, joined by NCCL: e.g. `0,1,2,3`
     /// (--batch-size is per GPU). Needs a build with the cargo feature `nccl`.
     #[arg(long, value_name = "N,N,...", conflicts_with = "device")]
     #[serde(skip)]
     pub devices: Option<String>,
-    /// Compute precision: f32, or bf16 (mixed precision for GPUs: matrix products in bf16,
-    /// weights, optimizer state, norms and the loss in f32).
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// Run folder (default: runs/<timestamp>). A folder that already holds a run is refused.
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
     /// Start a new run in an --out that holds one, moving the old run aside to
     /// <out>.replaced-<timestamp> (never mixing the two).
     #[arg(long, conflicts_with = "resume")]
     #[serde(skip)]
     pub overwrite: bool,
-    /// Save a checkpoint every N steps (0: at the end of each epoch only).
-    #[arg(long)]
-    pub checkpoint_every: Option<usize>,
-    /// Checkpoints kept (plus best/).
-    #[arg(long)]
-    pub keep_last: Option<usize>,
-    /// Clip the global gradient norm to this value.
-    #[arg(long)]
-    pub clip_grad: Option<f64>,
     /// Stop after this many non-finite steps in a row.
     #[arg(long)]
     pub max_nonfinite: Option<usize>,
@@ -120,70 +92,79 @@ pub struct PretrainArgs {
     pub knn_train: Option<String>,
     #[arg(long, value_name = "SPEC")]
     pub knn_test: Option<String>,
-    /// auto (a bar on a terminal, lines otherwise), bar, lines or silent.
-    #[arg(long)]
-    pub progress: Option<String>,
-    /// Log a metrics line every N steps.
-    #[arg(long)]
-    pub log_every: Option<usize>,
-}
-
-macro_rules! merge_fields {
-    ($base:ident, $over:ident, $($f:ident),*) => { $( if $over.$f.is_some() { $base.$f = $over.$f.clone(); } )* };
 }
 
 impl PretrainArgs {
-    /// `self` with every setting of `over` that is present.
-    pub fn overridden_by(mut self, over: &PretrainArgs) -> Self {
-        merge_fields!(
+    /// The settings of a new run, layered defaults < the --config file < these flags, and whether
+    /// it is the quick start (no preset chosen).
+    pub fn resolve_new_run(&self, run_dir_default: impl FnOnce() -> PathBuf) -> Result<(Pretrain, bool)> {
+        let (file, file_length) = match &self.config {
+            Some(path) => {
+                let file = Self::from_toml_file(path)?;
+                let length = file.recipe.given_length();
+                (file, Some((format!("--config {}", path.display()), length)))
+            }
+            None => (Self::default(), None),
+        };
+        let merged = file.overridden_by(self);
+        let quickstart = merged.preset.is_none();
+        let default_length = RunLength::Steps(if quickstart { 600 } else { 1000 });
+        let file_length = file_length.as_ref().map(|(name, length)| (name.as_str(), *length));
+        let length = run_length(self.recipe.given_length(), file_length, default_length)?;
+        Ok((merged.resolve(length, run_dir_default)?, quickstart))
+    }
+
+    /// `self` with every setting of `over` that is present, but the run's length (see
+    /// [`Self::resolve_new_run`]).
+    fn overridden_by(mut self, over: &PretrainArgs) -> Self {
+        take_given!(
             self,
             over,
             data,
             preset,
-            epochs,
-            steps,
-            batch_size,
-            accum,
-            base_lr,
-            min_lr,
-            weight_decay,
-            warmup_epochs,
             mask_ratio,
             norm_pix_loss,
             img_size,
-            workers,
-            seed,
-            device,
             dtype,
-            out,
-            checkpoint_every,
-            keep_last,
-            clip_grad,
             max_nonfinite,
             knn_every,
             knn_train,
-            knn_test,
-            progress,
-            log_every
+            knn_test
         );
-        if over.epochs.is_some() {
-            self.steps = None;
-        }
-        if over.steps.is_some() {
-            self.epochs = None;
-        }
+        self.recipe = self.recipe.overridden_by(&over.recipe);
+        self.gradient = self.gradient.overridden_by(&over.gradient);
+        self.run = self.run.overridden_by(&over.run);
         self
     }
 
+    /// A `--config` file: the settings it gives; a key no setting takes is an error naming it.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("--config {}: not a valid pretrain config", path.display()))
+        let file = path.display();
+        let text = std::fs::read_to_string(path).with_context(|| format!("--config {file}"))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("--config {file}: not a valid pretrain config"))?;
+        // Key by key: through `flatten` serde neither names the key of a wrong value nor refuses
+        // a key no setting takes (it passes over it without a word), so each is tried alone.
+        for (key, value) in &table {
+            let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
+            let settings: Self = toml::Value::Table(alone)
+                .try_into()
+                .with_context(|| format!("--config {file}: {key} = {value}"))?;
+            if toml::Table::try_from(&settings)?.is_empty() {
+                bail!(
+                    "--config {file}: unknown setting `{key}` (the keys are the flag names with underscores, \
+                     as batch_size for --batch-size)"
+                );
+            }
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("--config {file}: not a valid pretrain config"))
     }
 
     /// Fills every unset field: the quick start when neither a preset nor a config chose a
     /// model, the paper's recipe otherwise.
-    pub fn resolve(&self, run_dir_default: impl FnOnce() -> PathBuf) -> Result<Pretrain> {
+    fn resolve(&self, length: RunLength, run_dir_default: impl FnOnce() -> PathBuf) -> Result<Pretrain> {
         let quickstart = self.preset.is_none();
         let preset = self.preset.clone().unwrap_or_else(|| QUICKSTART_PRESET.to_string());
         let mut model = mae::MaeConfig::preset(&preset).context("--preset")?;
@@ -196,51 +177,36 @@ impl PretrainArgs {
         if let Some(n) = self.norm_pix_loss {
             model.norm_pix_loss = n;
         }
-        model.validate().context("the model settings (--img-size, --mask-ratio)")?;
-        let progress = self.progress.clone().unwrap_or_else(|| "auto".into());
-        if !["auto", "bar", "lines", "silent"].contains(&progress.as_str()) {
-            bail!("--progress {progress}: expected auto, bar, lines or silent");
-        }
-        let dtype = self.dtype.clone().unwrap_or_else(|| "f32".into());
-        crate::util::parse_compute_dtype(&dtype)?;
-        let batch_size = self.batch_size.unwrap_or(64);
-        let accum = self.accum.unwrap_or(1);
-        if batch_size == 0 || accum == 0 {
-            bail!("--batch-size and --accum must be at least 1");
-        }
+        let (epochs, steps) = length.to_fields();
+        let (recipe, run) = (&self.recipe, &self.run);
         let resolved = Pretrain {
             data: self.data.clone().unwrap_or_else(|| "synthetic:20000".into()),
             preset,
             model,
-            epochs: self.epochs,
-            steps: if self.epochs.is_none() {
-                Some(self.steps.unwrap_or(if quickstart { 600 } else { 1000 }))
-            } else {
-                None
-            },
-            batch_size,
-            accum,
-            base_lr: self.base_lr.unwrap_or(if quickstart { 1.5e-3 } else { 1.5e-4 }),
-            min_lr: self.min_lr.unwrap_or(0.0),
-            weight_decay: self.weight_decay.unwrap_or(0.05),
-            warmup_epochs: self.warmup_epochs,
-            workers: self
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            seed: self.seed.unwrap_or(0),
-            device: self.device.clone().unwrap_or_else(|| "cpu".into()),
-            dtype,
-            out: self.out.clone().unwrap_or_else(run_dir_default),
-            checkpoint_every: self.checkpoint_every.unwrap_or(200),
-            keep_last: self.keep_last.unwrap_or(3),
-            clip_grad: self.clip_grad,
+            epochs,
+            steps,
+            batch_size: recipe.batch_size.unwrap_or(64),
+            accum: self.gradient.accum.unwrap_or(1),
+            base_lr: recipe.base_lr.unwrap_or(if quickstart { 1.5e-3 } else { 1.5e-4 }),
+            min_lr: recipe.min_lr.unwrap_or(0.0),
+            weight_decay: recipe.weight_decay.unwrap_or(0.05),
+            warmup_epochs: recipe.warmup_epochs,
+            workers: run.workers_or_cores(),
+            seed: recipe.seed.unwrap_or(0),
+            device: run.device_or_cpu().to_string(),
+            dtype: self.dtype.unwrap_or_default(),
+            out: run.out.clone().unwrap_or_else(run_dir_default),
+            checkpoint_every: run.checkpoint_every.unwrap_or(200),
+            keep_last: run.keep_last.unwrap_or(3),
+            clip_grad: self.gradient.clip_grad,
             max_nonfinite: self.max_nonfinite.unwrap_or(5),
             knn_every: self.knn_every.unwrap_or(0),
             knn_train: self.knn_train.clone(),
             knn_test: self.knn_test.clone(),
-            progress,
-            log_every: self.log_every.unwrap_or(10),
+            progress: run.progress.unwrap_or_default(),
+            log_every: run.log_every.unwrap_or(10),
         };
+        resolved.validate()?;
         Ok(resolved)
     }
 }
@@ -251,6 +217,7 @@ pub struct Pretrain {
     pub data: String,
     pub preset: String,
     pub model: mae::MaeConfig,
+    /// Exactly one of `epochs` and `steps` is set (see [`Pretrain::length`]).
     pub epochs: Option<usize>,
     pub steps: Option<usize>,
     pub batch_size: usize,
@@ -263,7 +230,7 @@ pub struct Pretrain {
     pub workers: usize,
     pub seed: u64,
     pub device: String,
-    pub dtype: String,
+    pub dtype: DtypeArg,
     pub out: PathBuf,
     pub checkpoint_every: usize,
     pub keep_last: usize,
@@ -272,7 +239,7 @@ pub struct Pretrain {
     pub knn_every: usize,
     pub knn_train: Option<String>,
     pub knn_test: Option<String>,
-    pub progress: String,
+    pub progress: ProgressArg,
     pub log_every: usize,
 }
 
@@ -281,9 +248,82 @@ impl Pretrain {
         toml::to_string_pretty(self).context("cannot write the resolved config")
     }
 
+    /// The settings of the run in `dir`, checked as a new run's are.
     pub fn from_run_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.toml");
         let text = std::fs::read_to_string(&path).with_context(|| format!("--resume {}", dir.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}: not a run config written by mae", path.display()))
+        let settings: Self = toml::from_str(&text)
+            .with_context(|| format!("{}: not a run config written by mae", path.display()))?;
+        settings.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(settings)
+    }
+
+    /// How long the run trains.
+    pub fn length(&self) -> Result<RunLength> {
+        RunLength::resolved(self.epochs, self.steps)
+    }
+
+    /// What the trainer and the data pipeline would otherwise fail on (or divide by) later.
+    fn validate(&self) -> Result<()> {
+        self.model.validate().context("the model settings (--img-size, --mask-ratio)")?;
+        let [h, w] = self.model.image_size;
+        if h != w {
+            bail!("{h}x{w} images: non-square training images are not supported by the data pipeline yet");
+        }
+        self.length()?;
+        self.dtype.check()?;
+        RecipeNumbers {
+            batch_size: self.batch_size,
+            min_batch_size: 1,
+            accum: self.accum,
+            base_lr: self.base_lr,
+            min_lr: self.min_lr,
+            weight_decay: self.weight_decay,
+            warmup_epochs: self.warmup_epochs,
+            clip_grad: self.clip_grad,
+        }
+        .check()
+    }
+
+    /// A resumed run with what `args` may change: how this process runs it (--device, --workers,
+    /// --progress, --log-every, --checkpoint-every, --keep-last). Every other flag would change
+    /// the run's trajectory (or its folder) and is refused.
+    pub fn resume_with(&mut self, args: &PretrainArgs) -> Result<()> {
+        refuse_on_resume(
+            args.recipe.given_on_resume().into_iter().chain(args.gradient.given_on_resume()).chain([
+                ("--config", args.config.is_some()),
+                ("--data", args.data.is_some()),
+                ("--preset", args.preset.is_some()),
+                ("--mask-ratio", args.mask_ratio.is_some()),
+                ("--norm-pix-loss", args.norm_pix_loss.is_some()),
+                ("--img-size", args.img_size.is_some()),
+                ("--dtype", args.dtype.is_some()),
+                ("--out", args.run.out.is_some()),
+                ("--max-nonfinite", args.max_nonfinite.is_some()),
+                ("--knn-every", args.knn_every.is_some()),
+                ("--knn-train", args.knn_train.is_some()),
+                ("--knn-test", args.knn_test.is_some()),
+            ]),
+        )?;
+        let run = &args.run;
+        if let Some(w) = run.workers {
+            self.workers = w;
+        }
+        if let Some(d) = &run.device {
+            self.device = d.clone();
+        }
+        if let Some(p) = run.progress {
+            self.progress = p;
+        }
+        if let Some(n) = run.log_every {
+            self.log_every = n;
+        }
+        if let Some(n) = run.checkpoint_every {
+            self.checkpoint_every = n;
+        }
+        if let Some(n) = run.keep_last {
+            self.keep_last = n;
+        }
+        Ok(())
     }
 }

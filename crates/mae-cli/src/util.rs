@@ -1,6 +1,7 @@
 //! Small pieces the commands share: devices, weights resolution, logging, run folder names.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -95,36 +96,31 @@ fn cuda_device(index: usize) -> candle_core::Result<Device> {
     Ok(device)
 }
 
-/// The encoder of `--weights` alone: anything `load_model` reads, and encoder-only weights
-/// (timm's MAE tags, Hugging Face ViT, the paper's `mae_pretrain_*.pth`, a `mae finetune` run).
-pub fn load_encoder(weights: &Path, device: &Device) -> Result<mae::Encoder> {
-    let resolved = resolve_weights(weights)?;
-    mae::Encoder::from_pretrained(&resolved, device)
-        .with_context(|| format!("--weights {}", weights.display()))
-}
-
-/// `--dtype`: `f32` (no mixed precision) or `bf16` (matrix products in bf16, weights and
-/// optimizer state in f32: see `MaskedAutoencoder::set_compute_dtype`).
-pub fn parse_compute_dtype(spec: &str) -> Result<Option<candle_core::DType>> {
-    match spec {
-        "f32" => Ok(None),
-        "bf16" => Ok(Some(candle_core::DType::BF16)),
-        "f16" => bail!(
-            "--dtype f16: not supported (fp16 training needs loss scaling; use bf16, which has f32's range)"
-        ),
-        _ => bail!("--dtype {spec}: expected f32 or bf16"),
+/// The encoder to evaluate, the one way every command gets it: the encoder of `--weights`
+/// (anything [`load_model`] reads, and encoder-only weights: timm's MAE tags, Hugging Face ViT, the
+/// paper's `mae_pretrain_*.pth`, a `mae finetune` run), or with `--preset` instead a freshly
+/// initialised one, seeded by `seed`: the random-init baseline, the very encoder `mae pretrain
+/// --preset P --seed S` starts from.
+pub fn load_or_init_encoder(
+    weights: Option<&Path>,
+    preset: Option<&str>,
+    seed: u64,
+    device: &Device,
+) -> Result<mae::Encoder> {
+    match (weights, preset) {
+        (Some(weights), _) => {
+            let resolved = resolve_weights(weights)?;
+            mae::Encoder::from_pretrained(&resolved, device)
+                .with_context(|| format!("--weights {}", weights.display()))
+        }
+        (None, Some(preset)) => {
+            let config = mae::MaeConfig::preset(preset).with_context(|| format!("--preset {preset}"))?;
+            let model = MaskedAutoencoder::new(&config, seed, device)?;
+            let source = format!("--preset {preset}");
+            Ok(mae::Encoder::from_tensors(&config.encoder_config(), model.state_dict(), &source, device)?)
+        }
+        (None, None) => bail!("give --weights or --preset"),
     }
-}
-
-/// The `--dtype` of a run on `device`, with a warning where it will not pay.
-pub fn compute_dtype_for(spec: &str, device: &Device) -> Result<Option<candle_core::DType>> {
-    let dtype = parse_compute_dtype(spec)?;
-    if dtype.is_some() && device.is_cpu() {
-        tracing::warn!(
-            "--dtype {spec} on the CPU: correct but slower than f32 (no bf16 matrix units used here)"
-        );
-    }
-    Ok(dtype)
 }
 
 /// Where the weights of `--weights PATH` are: [`mae::resolve_weights`] (a run folder gives its
@@ -147,6 +143,14 @@ pub fn load_model(weights: &Path, device: &Device) -> Result<MaskedAutoencoder> 
     let resolved = resolve_weights(weights)?;
     MaskedAutoencoder::from_pretrained(&resolved, device)
         .with_context(|| format!("--weights {}", weights.display()))
+}
+
+/// The dataset of `FLAG SPEC` (`--data`, `--train`, `--test`), synthetic images drawn at the
+/// model's `size`; errors name the flag and the spec.
+pub fn open_dataset(spec: &str, flag: &str, size: usize) -> Result<Arc<dyn mae_data::Dataset>> {
+    let parsed: mae_data::DataSpec = spec.parse().with_context(|| format!("{flag} {spec}"))?;
+    let options = mae_data::OpenOptions { synthetic_size: size as u32, ..mae_data::OpenOptions::default() };
+    mae_data::open(&parsed, &options).with_context(|| format!("{flag} {spec}"))
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) for run folder names.

@@ -149,6 +149,70 @@ fn bad_flags_and_files_are_clear_errors() {
     assert_clean_failure(&mae(&["bench", "--steps", "0"], d), &["--steps"]);
 }
 
+/// One rule for the length of a run, in every command that trains: `--epochs` and `--steps`
+/// both on the command line is an error naming both; one of them on the command line replaces
+/// the length a `--config` file sets; a config file that sets both is an error naming the file.
+#[test]
+fn epochs_and_steps_follow_one_rule_in_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data =
+        ["--train", "synthetic:64", "--test", "synthetic:16@test", "--preset", "mae-vit-micro-patch4-32"];
+    for command in ["pretrain", "linear-probe", "finetune"] {
+        let data: &[&str] = if command == "pretrain" { &[] } else { &data };
+        let o = mae(&[&[command, "--epochs", "2", "--steps", "5", "--out", "both"], data].concat(), d);
+        assert_clean_failure(&o, &["--epochs 2", "--steps 5"]);
+        let o = mae(&[&[command, "--steps", "0", "--out", "zero"], data].concat(), d);
+        assert_clean_failure(&o, &["--steps", "at least 1"]);
+        assert!(
+            !d.join("both").exists() && !d.join("zero").exists(),
+            "{command}: a refused run leaves no folder"
+        );
+    }
+
+    // --steps on the command line replaces the file's epochs; the resolved config keeps one length.
+    std::fs::write(d.join("epochs.toml"), "epochs = 4\nbatch_size = 16\ndata = \"synthetic:32\"\n").unwrap();
+    let run = ["pretrain", "--config", "epochs.toml", "--progress", "silent"];
+    let o = mae(&[&run[..], &["--steps", "3", "--out", "flag"]].concat(), d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let resolved = std::fs::read_to_string(d.join("flag/config.toml")).unwrap();
+    assert!(resolved.contains("steps = 3") && !resolved.contains("epochs ="), "{resolved}");
+    assert!(stderr(&o).contains("3 steps"), "{}", stderr(&o));
+    // Without a flag the file's epochs count: 4 epochs of 2 steps.
+    let o = mae(&[&run[..], &["--out", "file"]].concat(), d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("8 steps"), "{}", stderr(&o));
+
+    std::fs::write(d.join("both.toml"), "epochs = 4\nsteps = 3\n").unwrap();
+    let o = mae(&["pretrain", "--config", "both.toml", "--out", "x"], d);
+    assert_clean_failure(&o, &["both.toml", "epochs", "steps"]);
+    assert!(!d.join("x").exists());
+}
+
+/// `--progress` is parsed by one parser in every command, strictly: an unknown value is an error
+/// naming the flag, the value and the values there are (a resumed run too, where it once meant
+/// `auto` without a word).
+#[test]
+fn an_unknown_progress_value_is_an_error_in_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let expected = ["--progress fancy", "auto, bar, lines or silent"];
+    let data =
+        ["--preset", "mae-vit-micro-patch4-32", "--train", "synthetic:64", "--test", "synthetic:16@test"];
+    assert_clean_failure(&mae(&["pretrain", "--progress", "fancy"], d), &expected);
+    assert_clean_failure(&mae(&[&["linear-probe", "--progress", "fancy"], &data[..]].concat(), d), &expected);
+    assert_clean_failure(&mae(&[&["finetune", "--progress", "fancy"], &data[..]].concat(), d), &expected);
+    let o =
+        mae(&["pretrain", "--data", "synthetic:32", "--batch-size", "16", "--steps", "1", "--out", "r"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_clean_failure(&mae(&["pretrain", "--resume", "r", "--progress", "fancy"], d), &expected);
+    std::fs::write(d.join("fancy.toml"), "progress = \"fancy\"\n").unwrap();
+    assert_clean_failure(
+        &mae(&["pretrain", "--config", "fancy.toml"], d),
+        &["fancy.toml", "progress", "fancy"],
+    );
+}
+
 #[test]
 fn hugging_face_directories_work_with_every_command() {
     let dir = tempfile::tempdir().unwrap();
