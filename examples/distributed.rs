@@ -12,6 +12,7 @@
 //! (As root, Open MPI also wants `--allow-run-as-root`; see docs/distributed.md.)
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -21,7 +22,7 @@ use mae_data::{DataSpec, EvalTransform, Loader, LoaderConfig, MaeTrainTransform,
 use mae_train::collective::{self, Collective};
 use mae_train::{LrSchedule, Trainer, TrainerConfig};
 
-fn run(world: Arc<dyn Collective>) -> Result<(), Box<dyn std::error::Error>> {
+fn run(world: Rc<dyn Collective>) -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let data = args
         .next()

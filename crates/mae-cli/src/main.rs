@@ -138,13 +138,11 @@ fn pretrain_in_world(args: settings::PretrainArgs) -> ExitCode {
 
 /// The job this process belongs to: a rank started by `--devices` (NCCL, on the GPU its
 /// launcher gave it), a rank of `mpirun`, or a process on its own.
-fn world_from_env(
-    args: &settings::PretrainArgs,
-) -> anyhow::Result<std::sync::Arc<dyn mae_train::Collective>> {
+fn world_from_env(args: &settings::PretrainArgs) -> anyhow::Result<std::rc::Rc<dyn mae_train::Collective>> {
     #[cfg(feature = "nccl")]
     if let Some(launch) = mae_train::collective::NcclLaunch::from_env()? {
         let device = util::parse_device(args.run.device.as_deref().unwrap_or("cuda"))?;
-        return Ok(std::sync::Arc::new(mae_train::collective::NcclCollective::init(&device, &launch)?));
+        return Ok(std::rc::Rc::new(mae_train::collective::NcclCollective::init(&device, &launch)?));
     }
     #[cfg(not(feature = "nccl"))]
     if std::env::var_os("MAE_NCCL_ID").is_some() {

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -29,7 +30,7 @@ const PREVIEW_IMAGES: usize = 8;
 /// trains on to `samples-rank<R>.txt` (`epoch batch i,j,k,...` per line).
 const SAMPLES_ENV: &str = "MAE_DEBUG_SAMPLES";
 
-pub fn run(args: PretrainArgs, world: Arc<dyn Collective>) -> Result<()> {
+pub fn run(args: PretrainArgs, world: Rc<dyn Collective>) -> Result<()> {
     let (cfg, resume_from) = match &args.resume {
         Some(dir) => {
             let (cfg, candidates) = resumed_settings(&args, dir, world.as_ref())?;
@@ -97,7 +98,7 @@ fn check_ranks_agree(cfg: &Pretrain, world: &dyn Collective) -> Result<()> {
 }
 
 /// Trains the run `cfg` describes; `resume_from` holds its complete checkpoints, newest first.
-fn train(cfg: Pretrain, resume_from: Option<Vec<PathBuf>>, world: Arc<dyn Collective>) -> Result<()> {
+fn train(cfg: Pretrain, resume_from: Option<Vec<PathBuf>>, world: Rc<dyn Collective>) -> Result<()> {
     let (rank, world_size, is_main) = (world.rank(), world.world_size(), world.is_main());
     let device = util::parse_device(&cfg.device)?;
     let data = TrainingData::open(&cfg, rank, world_size)?;

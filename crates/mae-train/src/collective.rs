@@ -16,7 +16,7 @@
 //! [`all_reduce_mean`] / [`broadcast_tensors`] move many tensors in a few large flat buckets.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use candle_core::{DType, Tensor};
 
@@ -37,9 +37,10 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 /// What the processes of one job do together. Every rank must call the same operations, in the
 /// same order, with tensors of the same shapes and dtypes (as with MPI itself).
 ///
-/// Implementations are `Send + Sync` so a trainer holding one can be moved, but an MPI
-/// implementation may only be called from the thread that initialised it.
-pub trait Collective: Send + Sync {
+/// A communicator belongs to the thread that made it (MPI is initialised "funneled", an NCCL
+/// communicator must not be called concurrently), so implementations need not be `Send` or
+/// `Sync`: a trainer shares its collective through an `Rc` and stays on that thread.
+pub trait Collective {
     /// This process's index, `0..world_size()`; rank 0 writes the logs and checkpoints.
     fn rank(&self) -> usize;
     /// Number of processes in the job.
@@ -140,11 +141,11 @@ impl LaunchEnv {
 /// The collective of this process: MPI when an MPI launcher started it (and the `mpi` feature
 /// is built in), a [`SingleProcess`] otherwise. Without the feature, a process that a launcher
 /// started as one of several is an error rather than N independent copies of the same run.
-pub fn from_env() -> Result<Arc<dyn Collective>> {
+pub fn from_env() -> Result<Rc<dyn Collective>> {
     let launch = LaunchEnv::detect();
     #[cfg(feature = "mpi")]
     if launch.is_some() {
-        return Ok(Arc::new(MpiCollective::init()?));
+        return Ok(Rc::new(MpiCollective::init()?));
     }
     #[cfg(not(feature = "mpi"))]
     if let Some(env) = launch.filter(LaunchEnv::is_multi_process) {
@@ -157,7 +158,7 @@ pub fn from_env() -> Result<Arc<dyn Collective>> {
             env.variable
         )));
     }
-    Ok(Arc::new(SingleProcess))
+    Ok(Rc::new(SingleProcess))
 }
 
 /// Consecutive ranges of `tensors` holding at most `bucket_bytes` each (a larger tensor is a

@@ -11,7 +11,7 @@
 //! hooks; the ranks meet at a barrier before and after each checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
@@ -139,7 +139,7 @@ pub struct Trainer<M: Trainable> {
     state: TrainState,
     checkpoints: Checkpoints,
     best_loss: f64,
-    world: Arc<dyn Collective>,
+    world: Rc<dyn Collective>,
     bucket_bytes: usize,
 }
 
@@ -170,14 +170,14 @@ impl<M: Trainable> Trainer<M> {
             state,
             checkpoints,
             best_loss: f64::INFINITY,
-            world: Arc::new(SingleProcess),
+            world: Rc::new(SingleProcess),
             bucket_bytes: DEFAULT_BUCKET_BYTES,
         })
     }
 
     /// Trains data-parallel with `world`: its world size must be the configuration's
     /// `world_size`, and every rank must build the same model and call the same methods.
-    pub fn with_collective(mut self, world: Arc<dyn Collective>) -> Result<Self> {
+    pub fn with_collective(mut self, world: Rc<dyn Collective>) -> Result<Self> {
         if world.world_size() != self.config.world_size {
             return Err(TrainError::Config(format!(
                 "the trainer is configured for {} process(es), the collective has {}",

@@ -10,7 +10,7 @@
 //! is ordered with the kernels that produced its input and those that consume its output, with
 //! no extra synchronisation.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::nccl::{Comm, Id, ReduceOp};
@@ -82,18 +82,12 @@ fn decode_id(hex: &str) -> Result<Id> {
 
 /// NCCL over the CUDA device of this process.
 pub struct NcclCollective {
-    comm: Arc<Comm>,
+    comm: Rc<Comm>,
     /// The CUDA device of this rank (its stream is the communicator's).
     device: Device,
     rank: usize,
     world_size: usize,
 }
-
-// SAFETY: an NCCL communicator may be used from any thread as long as calls on it are not
-// concurrent; the trainer calls the collective from its one training thread (the `Collective`
-// contract: the same operations in the same order on every rank).
-unsafe impl Send for NcclCollective {}
-unsafe impl Sync for NcclCollective {}
 
 impl NcclCollective {
     /// Joins the job `launch` describes on `device` (which must be a CUDA device); blocks until
@@ -107,7 +101,7 @@ impl NcclCollective {
         let comm = Comm::from_rank(cuda.cuda_stream(), launch.rank, launch.world_size, launch.id)
             .map_err(|e| nccl_error("ncclCommInitRank", e))?;
         Ok(Self {
-            comm: Arc::new(comm),
+            comm: Rc::new(comm),
             device: device.clone(),
             rank: launch.rank,
             world_size: launch.world_size,
@@ -177,7 +171,7 @@ enum NcclOp {
 /// The NCCL call as a candle op on a contiguous CUDA tensor: output in a new buffer of the same
 /// shape and dtype, queued on the device's stream.
 struct NcclTensorOp {
-    comm: Arc<Comm>,
+    comm: Rc<Comm>,
     op: NcclOp,
 }
 

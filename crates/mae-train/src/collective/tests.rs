@@ -249,7 +249,7 @@ fn two_ranks_with_batch_b_step_like_one_process_with_batch_2b_and_only_rank_0_wr
                 let model = lin(if r == 0 { 0.4 } else { -3.0 });
                 let mut trainer = Trainer::new(model, lin_config(&dir, 2))
                     .unwrap()
-                    .with_collective(Arc::new(rank))
+                    .with_collective(std::rc::Rc::new(rank))
                     .unwrap()
                     .with_bucket_bytes(8); // several buckets even for this tiny model
                 let summary = trainer.fit(&Shard { batch: 4, rank: r, world: 2 }, &mut NoHooks).unwrap();
@@ -274,7 +274,7 @@ fn a_collective_of_another_size_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let err = Trainer::new(lin(0.0), lin_config(dir.path(), 2))
         .unwrap()
-        .with_collective(Arc::new(SingleProcess))
+        .with_collective(std::rc::Rc::new(SingleProcess))
         .err()
         .unwrap();
     assert!(err.to_string().contains("configured for 2"), "{err}");
