@@ -50,7 +50,7 @@ fn run(world: Rc<dyn Collective>) -> Result<(), Box<dyn std::error::Error>> {
     let schedule = LrSchedule {
         peak_lr: LrSchedule::scaled_lr(1.5e-3, global_batch),
         min_lr: 0.0,
-        warmup_steps: total_steps / 20,
+        warmup_steps: (total_steps / 20) as f64,
         total_steps,
     };
     let trainer_config = TrainerConfig {

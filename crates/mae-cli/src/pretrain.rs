@@ -192,7 +192,8 @@ impl TrainingData {
 /// the effective batch of every process together.
 fn lr_schedule(cfg: &Pretrain, steps_per_epoch: usize, world_size: usize) -> Result<LrSchedule> {
     let total_steps = cfg.length()?.total_steps(steps_per_epoch)?;
-    let warmup_steps = cfg.warmup_epochs.map_or(total_steps / 20, |w| warmup_steps(w, steps_per_epoch));
+    let warmup_steps =
+        cfg.warmup_epochs.map_or((total_steps / 20) as f64, |w| warmup_steps(w, steps_per_epoch));
     let effective_batch = cfg.batch_size * cfg.accum * world_size;
     Ok(LrSchedule {
         peak_lr: LrSchedule::scaled_lr(cfg.base_lr, effective_batch),

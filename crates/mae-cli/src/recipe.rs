@@ -103,9 +103,10 @@ impl RunLength {
     }
 }
 
-/// Warm-up steps for `warmup_epochs` (rounded: a fraction of an epoch may be asked for).
-pub fn warmup_steps(warmup_epochs: f64, steps_per_epoch: usize) -> usize {
-    (warmup_epochs * steps_per_epoch as f64).round() as usize
+/// Warm-up steps for `warmup_epochs`: a fraction when the epochs are (as in the paper's
+/// schedule, which works in fractional epochs).
+pub fn warmup_steps(warmup_epochs: f64, steps_per_epoch: usize) -> f64 {
+    warmup_epochs * steps_per_epoch as f64
 }
 
 /// The numbers of a resolved recipe, checked alike for every command; an error names the flag.

@@ -6,7 +6,10 @@ pub struct LrSchedule {
     /// The peak learning rate (already scaled by the batch size).
     pub peak_lr: f64,
     pub min_lr: f64,
-    pub warmup_steps: usize,
+    /// Steps of linear warm-up; a fraction when the warm-up is a fraction of an epoch's steps
+    /// (the paper's `adjust_learning_rate` works in fractional epochs, so 1.5 epochs of 5 steps
+    /// warm up over 7.5 steps, not 8).
+    pub warmup_steps: f64,
     pub total_steps: usize,
 }
 
@@ -18,11 +21,13 @@ impl LrSchedule {
 
     /// Learning rate for optimizer step `step` (0-based).
     pub fn lr(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.peak_lr * step as f64 / self.warmup_steps as f64;
+        let (step, warmup) = (step as f64, self.warmup_steps);
+        if step < warmup {
+            return self.peak_lr * step / warmup;
         }
-        let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let span = self.total_steps as f64 - warmup;
+        // A warm-up as long as the run leaves no cosine: the floor after it.
+        let progress = if span > 0.0 { ((step - warmup) / span).min(1.0) } else { 1.0 };
         self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 }
@@ -33,7 +38,7 @@ mod tests {
 
     #[test]
     fn warms_up_linearly_then_follows_a_half_cosine_to_the_floor() {
-        let s = LrSchedule { peak_lr: 1e-3, min_lr: 1e-5, warmup_steps: 10, total_steps: 110 };
+        let s = LrSchedule { peak_lr: 1e-3, min_lr: 1e-5, warmup_steps: 10.0, total_steps: 110 };
         assert_eq!(s.lr(0), 0.0);
         assert!((s.lr(5) - 5e-4).abs() < 1e-12);
         assert!((s.lr(10) - 1e-3).abs() < 1e-12);

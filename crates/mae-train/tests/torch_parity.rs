@@ -235,7 +235,7 @@ fn sched_cases() -> Vec<SchedCase> {
 
 /// Our schedule for a case, as `mae pretrain` builds it (`crates/mae-cli/src/pretrain.rs`):
 /// `total_steps = epochs * steps_per_epoch`,
-/// `warmup_steps = round(warmup_epochs * steps_per_epoch)`. Optimizer step `it` (0-based, the
+/// `warmup_steps = warmup_epochs * steps_per_epoch` (a fraction when it is). Optimizer step `it` (0-based, the
 /// trainer's `schedule.lr(step)` before the update) is the paper's iteration `it`, at epoch
 /// `it / iters_per_epoch`.
 fn ours(c: &SchedCase) -> LrSchedule {
@@ -243,7 +243,7 @@ fn ours(c: &SchedCase) -> LrSchedule {
     LrSchedule {
         peak_lr: c.lr,
         min_lr: c.min_lr,
-        warmup_steps: (c.warmup_epochs * ipe).round() as usize,
+        warmup_steps: c.warmup_epochs * ipe,
         total_steps: (c.epochs * ipe) as usize,
     }
 }
@@ -290,13 +290,10 @@ fn lr_schedule_matches_the_papers_adjust_learning_rate() {
 }
 
 /// A warm-up of a fractional number of steps (1.5 epochs of 5 iterations: 7.5): the paper's
-/// warm-up divides by 7.5 and switches to the cosine after iteration 7; `LrSchedule` counts whole
-/// steps, and `mae pretrain` rounds to 8. Known to disagree: at iteration 7 the paper's lr is
-/// 7 / 7.5 of the peak, ours 7 / 8 (5.8% of the peak apart), and the cosine starts one
-/// iteration later (iteration 8: the peak for us, 0.12% below it in the paper). Ignored so that
-/// it documents the difference without failing CI.
+/// warm-up divides by 7.5 and switches to the cosine after iteration 7. (Rounding it to 8 steps,
+/// as we once did, puts iteration 7 at 7 / 8 of the peak instead of 7 / 7.5: 5.8% of the peak
+/// apart.)
 #[test]
-#[ignore = "known disagreement: a warm-up of a fractional number of steps rounds to whole steps"]
 fn lr_schedule_matches_the_paper_with_a_fractional_warmup_step_count() {
     for (k, c) in sched_cases().iter().enumerate().filter(|(_, c)| !whole_warmup(c)) {
         let e = sched_err(c);

@@ -83,7 +83,7 @@ fn config(dir: &Path, total_steps: usize) -> TrainerConfig {
         log_every: 1,
         progress: ProgressMode::Silent,
         run_config: serde_json::json!({"toy": true}),
-        ..TrainerConfig::new(dir, LrSchedule { peak_lr: 0.05, min_lr: 0.001, warmup_steps: 3, total_steps })
+        ..TrainerConfig::new(dir, LrSchedule { peak_lr: 0.05, min_lr: 0.001, warmup_steps: 3.0, total_steps })
     }
 }
 

@@ -106,7 +106,7 @@ impl Start {
         Ok(LrSchedule {
             peak_lr: LrSchedule::scaled_lr(s.base_lr, s.effective_batch()),
             min_lr: s.min_lr,
-            warmup_steps: warmup_steps(s.warmup_epochs, steps_per_epoch).min(total_steps),
+            warmup_steps: warmup_steps(s.warmup_epochs, steps_per_epoch).min(total_steps as f64),
             total_steps,
         })
     }

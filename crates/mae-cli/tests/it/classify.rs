@@ -25,7 +25,7 @@ fn random_encoder(config: &MaeConfig, seed: u64) -> Encoder {
 }
 
 fn trainer_config(run_dir: &Path, total_steps: usize, peak_lr: f64, weight_decay: f64) -> TrainerConfig {
-    let schedule = LrSchedule { peak_lr, min_lr: 0.0, warmup_steps: total_steps / 10, total_steps };
+    let schedule = LrSchedule { peak_lr, min_lr: 0.0, warmup_steps: (total_steps / 10) as f64, total_steps };
     TrainerConfig {
         adamw: mae_train::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay },
         max_nonfinite_in_a_row: 3,

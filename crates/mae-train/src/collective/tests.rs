@@ -218,7 +218,10 @@ fn lin_config(dir: &Path, world_size: usize) -> TrainerConfig {
         world_size,
         progress: ProgressMode::Silent,
         run_config: serde_json::json!({}),
-        ..TrainerConfig::new(dir, LrSchedule { peak_lr: 0.05, min_lr: 0.0, warmup_steps: 1, total_steps: 6 })
+        ..TrainerConfig::new(
+            dir,
+            LrSchedule { peak_lr: 0.05, min_lr: 0.0, warmup_steps: 1.0, total_steps: 6 },
+        )
     }
 }
 
