@@ -134,7 +134,7 @@ fn train(cfg: Pretrain, resume_from: Option<Vec<PathBuf>>, world: Rc<dyn Collect
     }
     hooks.finish(trainer.model()).context("final pictures")?;
     eprintln!(
-        "mae: done, {} steps{}, last loss {}. In {}: checkpoints/, metrics.jsonl, loss.png, reconstruction.png",
+        "mae: done, {} steps{}, last loss {}. In {}: checkpoints/, metrics.jsonl, loss.png, memory.png, reconstruction.png",
         summary.steps,
         if summary.skipped_steps > 0 { format!(" ({} skipped as non-finite)", summary.skipped_steps) } else { String::new() },
         summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),

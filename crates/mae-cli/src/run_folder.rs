@@ -125,7 +125,7 @@ pub fn resume_newest_good<T>(
             Err(e) => failures.push(format!("{}: {e:#}", checkpoint.display())),
         }
     }
-    bail!("--resume: no checkpoint could be read:\n  {}", failures.join("\n  "))
+    bail!("no checkpoint could be read:\n  {}", failures.join("\n  "))
 }
 
 #[cfg(test)]

@@ -251,7 +251,17 @@ impl Pretrain {
     /// The settings of the run in `dir`, checked as a new run's are.
     pub fn from_run_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.toml");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("--resume {}", dir.display()))?;
+        if !dir.is_dir() {
+            bail!("--resume {}: no such folder (give the run folder a `mae pretrain` wrote)", dir.display());
+        }
+        if !path.is_file() {
+            bail!(
+                "--resume {}: not a run folder of `mae pretrain` (it has no config.toml); give the folder \
+                 that holds config.toml, metrics.jsonl and checkpoints/",
+                dir.display()
+            );
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("--resume {}", path.display()))?;
         let settings: Self = toml::from_str(&text)
             .with_context(|| format!("{}: not a run config written by mae", path.display()))?;
         settings.validate().with_context(|| format!("{}", path.display()))?;

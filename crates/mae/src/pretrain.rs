@@ -129,6 +129,8 @@ impl PretrainHooks {
         if metrics.is_file() {
             let steps = mae_train::read_steps(&metrics)?;
             mae_train::plot_loss(&steps, &self.title, &self.run_dir.join("loss.png"))?;
+            // The process's resident memory per step: flat in a healthy run, a climb is a leak.
+            mae_train::plot_memory(&steps, &self.title, &self.run_dir.join("memory.png"))?;
         }
         Ok(())
     }

@@ -55,6 +55,7 @@ fn a_short_run_writes_checkpoints_metrics_and_pictures_and_resumes_exactly_after
         "config.toml",
         "metrics.jsonl",
         "loss.png",
+        "memory.png",
         "reconstruction.png",
         "checkpoints/best/model.safetensors",
     ] {
@@ -135,7 +136,9 @@ fn bad_flags_and_files_are_clear_errors() {
     assert_clean_failure(&mae(&["pretrain", "--data", "imagenet"], d), &["imagenet", "folder:"]);
     assert_clean_failure(&mae(&["pretrain", "--mask-ratio", "1.5"], d), &["mask"]);
     assert_clean_failure(&mae(&["pretrain", "--device", "tpu"], d), &["--device tpu"]);
-    assert_clean_failure(&mae(&["pretrain", "--resume", "nowhere"], d), &["nowhere"]);
+    assert_clean_failure(&mae(&["pretrain", "--resume", "nowhere"], d), &["nowhere", "no such folder"]);
+    std::fs::create_dir(d.join("not-a-run")).unwrap();
+    assert_clean_failure(&mae(&["pretrain", "--resume", "not-a-run"], d), &["not-a-run", "no config.toml"]);
     assert_clean_failure(&mae(&["info", "--weights", "missing.safetensors"], d), &["missing.safetensors"]);
     std::fs::write(d.join("broken.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
     assert_clean_failure(&mae(&["info", "--weights", "broken.safetensors"], d), &["broken.safetensors"]);
@@ -337,6 +340,12 @@ fn run_folders_are_never_mixed_and_a_damaged_checkpoint_does_not_stop_resume() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("warning") && stderr(&o).contains("step-00000006"), "{}", stderr(&o));
     assert!(stderr(&o).contains("step 4"), "resumed from step 4: {}", stderr(&o));
+    assert!(std::fs::read(&newest).unwrap() == good, "the redone steps give the same weights");
+    // The same with its state.json damaged instead: the warning names that file.
+    std::fs::write(d.join("r/checkpoints/step-00000006/state.json"), b"{\"step\": ").unwrap();
+    let o = mae(&["pretrain", "--resume", "r", "--progress", "lines"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("state.json") && stderr(&o).contains("step 4"), "{}", stderr(&o));
     assert!(std::fs::read(&newest).unwrap() == good, "the redone steps give the same weights");
 
     // Weights holding NaN are refused, naming the tensor.
