@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Training allocates and frees many large tensors; glibc's malloc returns them to the OS and
-/// page-faults them back in every step (a third of a CPU step, measured). mimalloc keeps them.
+/// page-faults them back in every step (docs/benchmarks.md: the profile). mimalloc keeps them.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

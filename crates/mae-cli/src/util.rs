@@ -15,9 +15,9 @@ pub fn init_logging() {
 }
 
 /// candle runs element-wise ops on its own spinning thread pool next to gemm's rayon pool; on a
-/// small CPU the two fight over the cores (measured: 2.7x slower training steps on 2 cores, see
-/// docs/benchmarks.md). Unless the user chose, element-wise ops run on one thread and matmuls on
-/// all cores.
+/// small CPU the two fight over the cores (training steps several times slower; the numbers are
+/// in docs/benchmarks.md). Unless the user chose, element-wise ops run on one thread and matmuls
+/// on all cores.
 ///
 /// Under an MPI launcher with several ranks on this node, the matmul threads (`RAYON_NUM_THREADS`,
 /// unless set) are the cores this process may use divided by the ranks of the node, so that the
@@ -40,9 +40,9 @@ pub fn default_cpu_threads() {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keep freed memory in the process instead of returning it to the OS after mimalloc's purge
-/// delay (1000 ms in the mimalloc 3 we build, about one CPU step): a training step frees and allocates the same large tensors every step, and every
-/// returned page comes back zeroed by the kernel (`clear_page_erms`, a quarter of a CPU step's
-/// samples, measured). With purging off: config A +6-12%, B +26% img/s (docs/benchmarks.md).
+/// delay (1000 ms in the mimalloc 3 we build, about one CPU step): a training step frees and
+/// allocates the same large tensors every step, and every returned page comes back zeroed by the
+/// kernel (`clear_page_erms`). docs/benchmarks.md has the profile and the gain.
 /// The resident size stays at its peak, which a training process reaches every step anyway.
 /// A user's `MIMALLOC_PURGE_DELAY` wins (mimalloc read it at start-up).
 pub fn keep_freed_memory() {
