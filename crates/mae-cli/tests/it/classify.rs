@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use crate::run_mae::{assert_clean_failure, mae, stderr};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
@@ -289,34 +291,11 @@ fn fine_tuning_lowers_the_training_loss_and_beats_chance_on_mnist() {
     assert_eq!(r.num_samples, 500);
 }
 
-fn mae(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .current_dir(dir)
-        .env("MAE_FAULT_INJECT", "")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("the mae binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn json_of(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(out.trim().lines().count(), 1, "exactly one line on stdout: {out}");
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-fn assert_clean_failure(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected a failure: {err}");
-    assert!(!err.contains("panicked"), "a panic: {err}");
-    for n in needles {
-        assert!(err.contains(n), "`{n}` not in: {err}");
-    }
 }
 
 fn checkpoint_file(run: &Path, step: usize) -> Vec<u8> {

@@ -2,29 +2,9 @@
 //! resume after a crash, and clear errors (non-zero exit, no panic) for bad input.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn mae(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .current_dir(dir)
-        .env("MAE_FAULT_INJECT", "")
-        .output()
-        .expect("the mae binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_clean_failure(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected a failure: {err}");
-    assert!(!err.contains("panicked"), "a panic: {err}");
-    for n in needles {
-        assert!(err.contains(n), "`{n}` not in: {err}");
-    }
-}
+use crate::run_mae::{assert_clean_failure, mae, stderr};
 
 const SHORT_RUN: &[&str] = &[
     "pretrain",

@@ -9,4 +9,5 @@ mod classify;
 mod cli;
 mod distributed;
 mod kill_sweep;
+mod run_mae;
 mod training;
