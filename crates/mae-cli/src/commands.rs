@@ -1,8 +1,7 @@
-//! The commands besides `pretrain`: reconstruct, embed, knn, info, bench.
+//! The commands besides `pretrain` and `bench`: reconstruct, embed, knn, info.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -10,7 +9,7 @@ use clap::Args;
 use mae::{MaeConfig, MaskedAutoencoder};
 use mae_data::Transform;
 
-use crate::flags::{choice, cores, DtypeArg, PoolArg};
+use crate::flags::{choice, cores, PoolArg};
 use crate::util;
 
 #[derive(Args)]
@@ -257,132 +256,4 @@ pub fn info(args: InfoArgs) -> Result<()> {
     }
     println!("config: {}", serde_json::to_string_pretty(&config)?);
     Ok(())
-}
-
-#[derive(Args)]
-#[command(
-    after_help = "Examples:\n  mae bench\n  mae bench --preset lightly-vit-b32-224 --batch-size 16 --json\n  \
-                        CANDLE_NUM_THREADS=2 mae bench   # compare candle's element-wise thread pool"
-)]
-pub struct BenchArgs {
-    #[arg(long, default_value = "mae-vit-tiny-patch4-32")]
-    pub preset: String,
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// Timed steps (after 2 warm-up steps).
-    #[arg(long, default_value_t = 5)]
-    pub steps: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// f32, or bf16 (mixed precision: matrix products in bf16, weights and AdamW in f32).
-    #[arg(long, default_value = "f32", value_parser = choice::<DtypeArg>())]
-    pub dtype: DtypeArg,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn bench(args: BenchArgs) -> Result<()> {
-    if args.steps == 0 || args.batch_size == 0 {
-        bail!(
-            "--steps and --batch-size must be at least 1 (got --steps {} --batch-size {})",
-            args.steps,
-            args.batch_size
-        );
-    }
-    let device = util::parse_device(&args.device)?;
-    let config = MaeConfig::preset(&args.preset).context("--preset")?;
-    let mut model = MaskedAutoencoder::new(&config, 0, &device)?;
-    model.set_compute_dtype(args.dtype.compute_dtype(&device)?);
-    let timings = time_steps(&mut model, args.batch_size, args.steps, &device)?;
-    let record = timings.record(&args);
-    if args.json {
-        println!("{record}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&record)?);
-    }
-    Ok(())
-}
-
-/// Warm-up steps `mae bench` leaves out of its timings (kernels loaded, memory pools filled).
-const WARMUP_STEPS: usize = 2;
-
-/// Seconds of each timed training step, and their sums per phase.
-struct StepTimings {
-    steps: Vec<f64>,
-    forward: f64,
-    backward: f64,
-    optimizer: f64,
-}
-
-/// Times `steps` full training steps (after the warm-up) of `model` on seeded stand-in images.
-fn time_steps(
-    model: &mut MaskedAutoencoder,
-    batch: usize,
-    steps: usize,
-    device: &Device,
-) -> Result<StepTimings> {
-    let config = model.config().clone();
-    let mut opt = mae_train::AdamW::new(model.named_vars(), mae_train::AdamWConfig::default())?;
-    let [h, w] = config.image_size;
-    let pixels = mae_patch_noise(batch * 3 * h * w)?.reshape((batch, 3, h, w))?.to_device(device)?;
-    let mut timings = StepTimings { steps: Vec::new(), forward: 0.0, backward: 0.0, optimizer: 0.0 };
-    for step in 0..steps + WARMUP_STEPS {
-        let t0 = Instant::now();
-        let noise =
-            mae::pretrain::batch_noise(0, step as u64, &(0..batch).collect::<Vec<_>>(), config.num_patches());
-        let plan = mae::MaskPlan::from_noise_values(&noise, batch, config.num_patches(), config.mask_ratio)?;
-        let loss = model.forward_with_plan(&pixels, &plan)?.loss;
-        let _ = loss.to_scalar::<f32>()?; // forward done
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
-        let g: Vec<Tensor> = model
-            .named_vars()
-            .iter()
-            .map(|(_, v)| grads.get(v).cloned().map_or_else(|| v.zeros_like(), Ok))
-            .collect::<candle_core::Result<_>>()?;
-        let t2 = Instant::now();
-        opt.step(&g, 1e-4)?;
-        device.synchronize()?;
-        let t3 = Instant::now();
-        if step >= WARMUP_STEPS {
-            timings.steps.push((t3 - t0).as_secs_f64());
-            timings.forward += (t1 - t0).as_secs_f64();
-            timings.backward += (t2 - t1).as_secs_f64();
-            timings.optimizer += (t3 - t2).as_secs_f64();
-        }
-    }
-    timings.steps.sort_by(f64::total_cmp);
-    Ok(timings)
-}
-
-impl StepTimings {
-    /// What `mae bench` prints: one JSON object (read by `cargo xtask bench`).
-    fn record(&self, args: &BenchArgs) -> serde_json::Value {
-        // At least one timed step: `bench` refuses --steps 0.
-        let n = self.steps.len().max(1) as f64;
-        let median = self.steps.get(self.steps.len() / 2).copied().unwrap_or(f64::NAN);
-        serde_json::json!({
-            "preset": args.preset,
-            "batch_size": args.batch_size,
-            "device": args.device,
-            "dtype": args.dtype.name(),
-            "step_s_median": median,
-            "step_s_min": self.steps.first(),
-            "step_s_max": self.steps.last(),
-            "img_per_s": args.batch_size as f64 / median,
-            "forward_s": self.forward / n,
-            "backward_s": self.backward / n,
-            "optimizer_s": self.optimizer / n,
-            "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
-        })
-    }
-}
-
-/// Seeded stand-in pixels in the normalised range.
-fn mae_patch_noise(n: usize) -> Result<Tensor> {
-    let mut rng = mae_data::sample_rng(7, 0, 0, 0);
-    use rand::RngCore;
-    let v: Vec<f32> = (0..n).map(|_| (rng.next_u32() >> 8) as f32 / 8_388_608.0 - 1.0).collect();
-    Ok(Tensor::from_vec(v, n, &Device::Cpu)?)
 }

@@ -1,5 +1,6 @@
 //! `mae`: pre-train, inspect and use Masked Autoencoders from the command line.
 
+mod bench;
 mod classify;
 mod commands;
 mod export;
@@ -57,7 +58,7 @@ enum Command {
     /// What a checkpoint holds: config, training step, parameter count.
     Info(commands::InfoArgs),
     /// Time full training steps (forward, loss, backward, AdamW) of a preset on this machine.
-    Bench(commands::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Write weights for timm, Hugging Face transformers, or as ours (docs/weights.md).
     Export(export::ExportArgs),
 }
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
         Command::LinearProbe(args) => classify::linear_probe(*args),
         Command::Finetune(args) => classify::finetune(*args),
         Command::Info(args) => commands::info(args),
-        Command::Bench(args) => commands::bench(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Export(args) => export::export(args),
     };
     match result {

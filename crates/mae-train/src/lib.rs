@@ -32,5 +32,5 @@ pub use plot::{plot_loss, plot_memory};
 pub use progress::{Progress, ProgressMode};
 pub use schedule::LrSchedule;
 pub use trainer::{
-    global_norm, BatchSource, Hooks, NoHooks, TrainSummary, Trainable, Trainer, TrainerConfig,
+    global_norm, BatchSource, Hooks, NoHooks, PhaseTimes, TrainSummary, Trainable, Trainer, TrainerConfig,
 };

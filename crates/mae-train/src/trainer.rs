@@ -93,6 +93,12 @@ pub struct TrainerConfig {
     pub progress: ProgressMode,
     /// The run's resolved configuration, stored in every checkpoint.
     pub run_config: serde_json::Value,
+    /// Write checkpoints (every `checkpoint_every` steps and at the end). Off for benchmarks and
+    /// throwaway runs, which then cannot be resumed.
+    pub save_checkpoints: bool,
+    /// Wait for the device after each phase of a step and record the phases' seconds in
+    /// [`TrainSummary::phases`] (`mae bench`); the waits cost a little on a GPU.
+    pub time_phases: bool,
 }
 
 impl TrainerConfig {
@@ -117,6 +123,8 @@ impl TrainerConfig {
             world_size: 1,
             progress: ProgressMode::Auto,
             run_config: serde_json::Value::Null,
+            save_checkpoints: true,
+            time_phases: false,
         }
     }
 }
@@ -129,6 +137,25 @@ pub struct TrainSummary {
     pub last_loss: Option<f64>,
     pub skipped_steps: usize,
     pub last_checkpoint: Option<PathBuf>,
+    /// Seconds of each step's phases, with [`TrainerConfig::time_phases`] (else empty).
+    pub phases: Vec<PhaseTimes>,
+}
+
+/// Where one optimizer step's time went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseTimes {
+    /// Forward passes and losses of the step's micro-batches.
+    pub forward_s: f64,
+    /// Backward passes and the gradients' accumulation.
+    pub backward_s: f64,
+    /// All-reduce, norm, non-finite guard, clipping and the AdamW update.
+    pub update_s: f64,
+}
+
+impl PhaseTimes {
+    pub fn step_s(&self) -> f64 {
+        self.forward_s + self.backward_s + self.update_s
+    }
 }
 
 pub struct Trainer<M: Trainable> {
@@ -262,6 +289,7 @@ impl<M: Trainable> Trainer<M> {
             last_loss: run.last_loss,
             skipped_steps: run.skipped,
             last_checkpoint,
+            phases: run.phases,
         })
     }
 
@@ -301,6 +329,7 @@ impl<M: Trainable> Trainer<M> {
             skipped: 0,
             last_loss: None,
             epochs_completed: 0,
+            phases: Vec::new(),
         })
     }
 
@@ -311,7 +340,7 @@ impl<M: Trainable> Trainer<M> {
         batches: &mut I,
     ) -> Result<Option<StepInput>> {
         let accum = self.config.accum;
-        let mut step = StepInput { grads: None, loss: 0.0, images: 0 };
+        let mut step = StepInput { grads: None, loss: 0.0, images: 0, forward_s: 0.0, backward_s: 0.0 };
         for _ in 0..accum {
             let Some(batch) = batches.next() else { return Ok(None) };
             let batch = batch?;
@@ -320,8 +349,12 @@ impl<M: Trainable> Trainer<M> {
                 continue; // every sample of it was skipped by the loader
             }
             step.images += M::batch_len(&batch);
+            let started = Instant::now();
             let loss = self.model.loss(&batch)?;
+            // Reading the loss waits for the forward pass.
             step.loss += loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64 / accum as f64;
+            let forward_done = Instant::now();
+            step.forward_s += (forward_done - started).as_secs_f64();
             let store = (loss / accum as f64)?.backward()?;
             let micro: Vec<Tensor> = self
                 .vars
@@ -337,8 +370,21 @@ impl<M: Trainable> Trainer<M> {
                     acc.iter().zip(&micro).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?
                 }
             });
+            self.wait_for_device()?;
+            step.backward_s += forward_done.elapsed().as_secs_f64();
         }
         Ok(Some(step))
+    }
+
+    /// With `time_phases`, waits until the device has run everything queued (a GPU runs
+    /// asynchronously; the CPU is always done).
+    fn wait_for_device(&self) -> Result<()> {
+        if self.config.time_phases {
+            if let Some((_, var)) = self.vars.first() {
+                var.device().synchronize()?;
+            }
+        }
+        Ok(())
     }
 
     /// One optimizer step from accumulated gradients: reduce over the ranks, guard against
@@ -353,6 +399,8 @@ impl<M: Trainable> Trainer<M> {
         if let Some(message) = crate::fault::failure_in_step(self.world.rank(), self.state.step + 1) {
             return Err(TrainError::Model(message));
         }
+        let started = Instant::now();
+        let (forward_s, backward_s) = (input.forward_s, input.backward_s);
         let input = if self.world.world_size() > 1 { self.reduce(input)? } else { input };
         let (grad_norm, grads) = match input.grads {
             Some(g) => (global_norm(&g)?, g),
@@ -361,6 +409,10 @@ impl<M: Trainable> Trainer<M> {
         let step = self.state.step;
         let lr = self.config.schedule.lr(step);
         self.guarded_update(grads, input.loss, grad_norm, lr, run)?;
+        if self.config.time_phases {
+            self.wait_for_device()?;
+            run.phases.push(PhaseTimes { forward_s, backward_s, update_s: started.elapsed().as_secs_f64() });
+        }
         self.state.step += 1;
         let record = StepRecord {
             step: self.state.step,
@@ -484,6 +536,8 @@ struct FitRun {
     skipped: usize,
     last_loss: Option<f64>,
     epochs_completed: usize,
+    /// Per step, with `time_phases`.
+    phases: Vec<PhaseTimes>,
 }
 
 /// One step's micro-batches, accumulated: gradients (`None` when nothing loaded), the mean loss
@@ -492,6 +546,8 @@ pub(crate) struct StepInput {
     pub(crate) grads: Option<Vec<Tensor>>,
     pub(crate) loss: f64,
     pub(crate) images: usize,
+    pub(crate) forward_s: f64,
+    pub(crate) backward_s: f64,
 }
 
 fn mean((sum, n): (f64, usize)) -> Option<f64> {

@@ -69,6 +69,9 @@ impl<M: Trainable> Trainer<M> {
         recent_loss: Option<f64>,
         hooks: &mut dyn Hooks<M>,
     ) -> Result<Option<PathBuf>> {
+        if !self.config.save_checkpoints {
+            return Ok(None);
+        }
         let distributed = self.world.world_size() > 1;
         if distributed {
             self.check_in_sync()?;
