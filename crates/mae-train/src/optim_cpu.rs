@@ -144,6 +144,33 @@ fn update_chunk(
     }
 }
 
+/// `sum(t^2)` of a contiguous f32 CPU tensor, in f64, without the squared copy candle's
+/// `sqr().sum_all()` allocates (a gradient-sized write per tensor, every step). Fixed chunks,
+/// each summed in eight fixed lanes (so it vectorizes) and added in order: the same bits on any
+/// number of threads. `None` where the kernel does not apply.
+pub(crate) fn sum_of_squares(t: &Tensor) -> Result<Option<f64>> {
+    if !(t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()) {
+        return Ok(None);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(storage) = &*storage else { return Ok(None) };
+    let x = slice(storage, layout)?;
+    let partial: Vec<f64> = x.par_chunks(CHUNK).map(chunk_sum_of_squares).collect();
+    Ok(Some(partial.iter().sum()))
+}
+
+fn chunk_sum_of_squares(x: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut blocks = x.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane += f64::from(v) * f64::from(v);
+        }
+    }
+    let tail: f64 = blocks.remainder().iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
@@ -158,4 +185,34 @@ fn slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> candle_core::R
     };
     let CpuStorage::F32(values) = storage else { candle_core::bail!("adamw: expected an f32 tensor") };
     Ok(&mut values[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    }
+
+    #[test]
+    fn sum_of_squares_is_exact_to_f64_rounding_and_the_same_on_one_and_two_threads() {
+        // Three chunks and a tail that is not a multiple of the eight lanes.
+        let n = 2 * CHUNK + 1003;
+        let values: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        let t = Tensor::from_vec(values.clone(), n, &Device::Cpu).unwrap();
+        let exact: f64 = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let one = on_threads(1, || sum_of_squares(&t).unwrap().unwrap());
+        let two = on_threads(2, || sum_of_squares(&t).unwrap().unwrap());
+        assert_eq!(one.to_bits(), two.to_bits());
+        assert!((one - exact).abs() <= 1e-12 * exact, "{one} vs {exact}");
+        // candle's composed path agrees to f32 rounding.
+        let composed = t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        assert!((one - composed).abs() <= 1e-5 * exact, "{one} vs {composed}");
+        // A strided view is left to candle.
+        let m = t.narrow(0, 0, 1000).unwrap().reshape((10, 100)).unwrap().t().unwrap();
+        assert_eq!(sum_of_squares(&m).unwrap(), None);
+    }
 }

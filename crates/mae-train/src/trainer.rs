@@ -554,11 +554,15 @@ fn mean((sum, n): (f64, usize)) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
-/// `sqrt(sum of squares)` over all gradients, on the host.
+/// `sqrt(sum of squares)` over all gradients, on the host (f32 CPU tensors in one parallel
+/// pass each, summed in f64; others through candle).
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0f64;
     for g in grads {
-        total += g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        total += match crate::optim_cpu::sum_of_squares(g)? {
+            Some(sum) => sum,
+            None => g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
+        };
     }
     Ok(total.sqrt())
 }

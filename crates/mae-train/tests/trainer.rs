@@ -257,3 +257,21 @@ fn every_logged_step_records_the_resident_memory() {
     // A test process holds at least a few MB (its code alone), and not absurdly many.
     assert!(steps.iter().all(|r| r.rss_mb.is_some_and(|m| m > 1.0 && m < 1e6)), "{steps:?}");
 }
+
+#[test]
+fn phases_are_timed_on_request_and_checkpoints_can_be_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainerConfig { save_checkpoints: false, time_phases: true, ..config(dir.path(), 4) };
+    let summary = Trainer::new(Toy::new(), cfg).unwrap().fit(&ToyData { batches: 4 }, &mut NoHooks).unwrap();
+    assert_eq!(summary.phases.len(), 4, "one entry per step");
+    assert!(summary.phases.iter().all(|p| p.forward_s > 0.0 && p.backward_s > 0.0 && p.update_s > 0.0));
+    assert_eq!(summary.last_checkpoint, None);
+    assert!(!dir.path().join("checkpoints").exists(), "no checkpoint written");
+    // Off by default: no timings.
+    let other = tempfile::tempdir().unwrap();
+    let summary = Trainer::new(Toy::new(), config(other.path(), 2))
+        .unwrap()
+        .fit(&ToyData { batches: 4 }, &mut NoHooks)
+        .unwrap();
+    assert!(summary.phases.is_empty() && summary.last_checkpoint.is_some());
+}
