@@ -1,0 +1,188 @@
+//! The fuzz smoke test of the normal `cargo test`: every target for a bounded number of cases
+//! from a fixed seed, every saved regression input replayed, and the harness's own checks.
+//! Long runs: `cargo run --release -p mae-fuzz -- --target all --seconds 120` (docs/robustness.md).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mae_fuzz::{run_target, Budget, CountingAlloc, FailureKind, Harness, RunStats};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Cases per target: the seeds as they are, then mutations (the whole file takes well under a
+/// minute in the test profile on two cores).
+const CASES: u64 = 4000;
+const SEED: u64 = 0x5EED_2024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Regression inputs that still fail, each replayed by an `#[ignore]`d test below until fixed.
+const KNOWN_OPEN: &[&str] = &[
+    "torch/2c5b699b528627c7.bin",
+    "torch/3857500f7e4d5186.bin",
+    "torch/b92ab077256cbf78.bin",
+    "image/cbd18e5a7664c62c.bin",
+    "image/90314a72b0404dc7.bin",
+];
+
+/// The allocation counters are process-wide: one target at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn harness() -> Harness {
+    Harness::new(TIMEOUT).expect("the counting allocator is installed")
+}
+
+fn summary(name: &str, stats: &RunStats) -> String {
+    format!(
+        "{name}: {} cases in {:.1} s, {} failures, peak/input at most {:.1} (input {} B, peak {} B), largest peak {} B, \
+         at most {:.0}% of the limit",
+        stats.cases,
+        stats.elapsed.as_secs_f64(),
+        stats.failures.len(),
+        stats.max_ratio,
+        stats.max_ratio_len,
+        stats.max_ratio_peak,
+        stats.max_peak,
+        100.0 * stats.max_limit_use
+    )
+}
+
+/// Runs `name` for [`CASES`] cases; fails on any failure that `tolerated` does not accept,
+/// saving its input under the temp folder and naming it.
+fn smoke(name: &str, tolerated: fn(&FailureKind) -> bool) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let target = mae_fuzz::target(name).expect("a registered target");
+    assert!((target.seeds)().len() >= 2, "{name}: its seed files are missing");
+    let stats = run_target(&harness(), target, SEED, Budget::Cases(CASES), |_| {}, |_| {});
+    eprintln!("{}", summary(name, &stats));
+    let save_dir = std::env::temp_dir().join("mae-fuzz-smoke");
+    let failures: Vec<String> = stats
+        .failures
+        .iter()
+        .filter(|f| !tolerated(&f.kind))
+        .map(|f| {
+            let saved = f.save(&save_dir).map(|p| p.display().to_string()).unwrap_or_default();
+            format!("case {} ({} bytes, saved to {saved}): {}", f.case, f.input.len(), f.kind)
+        })
+        .collect();
+    assert!(failures.is_empty(), "{name}: {} failing cases\n{}", failures.len(), failures.join("\n\n"));
+    assert_eq!(stats.cases, CASES);
+}
+
+fn none(_: &FailureKind) -> bool {
+    false
+}
+
+#[test]
+fn safetensors() {
+    smoke("safetensors", none);
+}
+
+/// candle's pickle reader allocates what a pickle declares (see the ignored regression tests):
+/// over-allocation is tolerated here until that is fixed; panics and hangs are not.
+#[test]
+fn torch() {
+    smoke("torch", |kind| matches!(kind, FailureKind::OverAlloc { .. }));
+}
+
+#[test]
+fn config_json() {
+    smoke("config-json", none);
+}
+
+#[test]
+fn idx() {
+    smoke("idx", none);
+}
+
+#[test]
+fn cifar() {
+    smoke("cifar", none);
+}
+
+#[test]
+fn image() {
+    smoke("image", none);
+}
+
+#[test]
+fn data_spec() {
+    smoke("data-spec", none);
+}
+
+fn replay(target: &str, path: &Path) -> Result<(), String> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let target_ref =
+        mae_fuzz::target(target).ok_or_else(|| format!("{}: no target `{target}`", path.display()))?;
+    let input = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    harness().run_case(target_ref, &input).map(|_| ()).map_err(|kind| format!("{}: {kind}", path.display()))
+}
+
+/// Every saved input under crates/mae-fuzz/regressions/ passes, except the known open ones.
+#[test]
+fn regressions() {
+    let root = mae_fuzz::regressions_dir();
+    let mut failures = Vec::new();
+    for (target, path) in mae_fuzz::harness::regression_files(&root) {
+        let relative = path.strip_prefix(&root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+        if KNOWN_OPEN.contains(&relative.as_str()) {
+            continue;
+        }
+        if let Err(e) = replay(&target, &path) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn replay_known(relative: &str) {
+    let (target, _) = relative.split_once('/').expect("target/file");
+    if let Err(e) = replay(target, &mae_fuzz::regressions_dir().join(relative)) {
+        panic!("{e}");
+    }
+}
+
+/// A BINUNICODE opcode declaring a 16 MiB string in a 178 KB `.pth`: candle's pickle reader
+/// (vendor/candle-core/src/pickle.rs, `vec![0u8; len]`) allocates the declared length before
+/// reading; a length of u32::MAX makes it 4 GiB.
+#[test]
+#[ignore = "over-allocates: the pickle reader allocates a string's declared length, to be fixed"]
+fn torch_pickle_string_length() {
+    replay_known("torch/2c5b699b528627c7.bin");
+}
+
+/// One byte changed in the pickle of `pytorch_model.bin`: `rebuild_args` in candle's pickle
+/// reader (vendor/candle-core/src/pickle.rs:633, `storage.remove(4)`) indexes a storage tuple
+/// that is too short: "removal index (is 4) should be < len (is 4)".
+#[test]
+#[ignore = "panics: candle pickle rebuild_args removes past a short storage tuple, to be fixed"]
+fn torch_pickle_short_storage_tuple() {
+    replay_known("torch/3857500f7e4d5186.bin");
+}
+
+/// The same in the `_rebuild_tensor_v2` arguments (pickle.rs:628, `args.remove(3)` on a tuple
+/// of 3): "removal index (is 3) should be < len (is 3)".
+#[test]
+#[ignore = "panics: candle pickle rebuild_args removes past a short argument tuple, to be fixed"]
+fn torch_pickle_short_rebuild_args() {
+    replay_known("torch/b92ab077256cbf78.bin");
+}
+
+/// A 905-byte PNG of 65536x2 pixels (within the 1 Mpx cap): `EvalTransform::resized_size` makes
+/// the short side 36 and the long one 36 * 65536 / 2 = 1,179,648, and the resize allocates
+/// about 150 MB. A 1048576x1 image would take gigabytes; under the default 89 Mpx cap, far more.
+#[test]
+#[ignore = "over-allocates: EvalTransform resizes extreme aspect ratios to huge widths, to be fixed"]
+fn image_eval_transform_extreme_aspect() {
+    replay_known("image/cbd18e5a7664c62c.bin");
+}
+
+/// A 4,818-byte mutated TIFF (1x1 in its first IFD): decoding it makes one allocation of
+/// 238 MiB, though `decode_image` passes the image crate `max_alloc` = 32 MiB (the TIFF
+/// decoder's own buffer limits are larger).
+#[test]
+#[ignore = "over-allocates: a TIFF's decoder buffer ignores DecodeLimits::max_alloc, to be fixed"]
+fn image_tiff_buffer_over_max_alloc() {
+    replay_known("image/90314a72b0404dc7.bin");
+}
