@@ -18,13 +18,7 @@ const SEED: u64 = 0x5EED_2024;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Regression inputs that still fail, each replayed by an `#[ignore]`d test below until fixed.
-const KNOWN_OPEN: &[&str] = &[
-    "torch/2c5b699b528627c7.bin",
-    "torch/3857500f7e4d5186.bin",
-    "torch/b92ab077256cbf78.bin",
-    "image/cbd18e5a7664c62c.bin",
-    "image/90314a72b0404dc7.bin",
-];
+const KNOWN_OPEN: &[&str] = &["image/cbd18e5a7664c62c.bin", "image/90314a72b0404dc7.bin"];
 
 /// The allocation counters are process-wide: one target at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -79,11 +73,9 @@ fn safetensors() {
     smoke("safetensors", none);
 }
 
-/// candle's pickle reader allocates what a pickle declares (see the ignored regression tests):
-/// over-allocation is tolerated here until that is fixed; panics and hangs are not.
 #[test]
 fn torch() {
-    smoke("torch", |kind| matches!(kind, FailureKind::OverAlloc { .. }));
+    smoke("torch", none);
 }
 
 #[test]
@@ -143,30 +135,15 @@ fn replay_known(relative: &str) {
     }
 }
 
-/// A BINUNICODE opcode declaring a 16 MiB string in a 178 KB `.pth`: candle's pickle reader
-/// (vendor/candle-core/src/pickle.rs, `vec![0u8; len]`) allocates the declared length before
-/// reading; a length of u32::MAX makes it 4 GiB.
+/// Fixed (vendor/candle-core/PATCHED.md), replayed by `every_saved_regression_passes` too,
+/// named here so a failure says what broke: a BINUNICODE string declaring 16 MiB in a 178 KB
+/// `.pth` (candle allocated the declared length first), and tuples too short for
+/// `rebuild_args` (`Vec::remove` panicked: "removal index (is 4) should be < len (is 4)").
 #[test]
-#[ignore = "over-allocates: the pickle reader allocates a string's declared length, to be fixed"]
-fn torch_pickle_string_length() {
-    replay_known("torch/2c5b699b528627c7.bin");
-}
-
-/// One byte changed in the pickle of `pytorch_model.bin`: `rebuild_args` in candle's pickle
-/// reader (vendor/candle-core/src/pickle.rs:633, `storage.remove(4)`) indexes a storage tuple
-/// that is too short: "removal index (is 4) should be < len (is 4)".
-#[test]
-#[ignore = "panics: candle pickle rebuild_args removes past a short storage tuple, to be fixed"]
-fn torch_pickle_short_storage_tuple() {
-    replay_known("torch/3857500f7e4d5186.bin");
-}
-
-/// The same in the `_rebuild_tensor_v2` arguments (pickle.rs:628, `args.remove(3)` on a tuple
-/// of 3): "removal index (is 3) should be < len (is 3)".
-#[test]
-#[ignore = "panics: candle pickle rebuild_args removes past a short argument tuple, to be fixed"]
-fn torch_pickle_short_rebuild_args() {
-    replay_known("torch/b92ab077256cbf78.bin");
+fn torch_pickle_regressions() {
+    for input in ["torch/2c5b699b528627c7.bin", "torch/3857500f7e4d5186.bin", "torch/b92ab077256cbf78.bin"] {
+        replay_known(input);
+    }
 }
 
 /// A 905-byte PNG of 65536x2 pixels (within the 1 Mpx cap): `EvalTransform::resized_size` makes

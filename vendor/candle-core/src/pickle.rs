@@ -4,7 +4,7 @@
 use crate::{Context, DType, Error as E, Layout, Result, Tensor};
 use byteorder::{LittleEndian, ReadBytesExt};
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 const VERBOSE: bool = false;
 
@@ -224,6 +224,7 @@ impl Object {
                 class_name,
             } if module_name == "torch._tensor" && class_name == "_rebuild_from_type_v2" => {
                 let mut args = args.tuple()?;
+                at_least(&args, 3, "_rebuild_from_type_v2")?;
                 let callable = args.remove(0);
                 let args = args.remove(1);
                 (callable, args)
@@ -233,6 +234,7 @@ impl Object {
                 class_name,
             } if module_name == "torch._utils" && class_name == "_rebuild_parameter" => {
                 let mut args = args.tuple()?;
+                at_least(&args, 1, "_rebuild_parameter")?;
                 args.remove(0).reduce()?
             }
             _ => (callable, args),
@@ -481,8 +483,13 @@ impl Stack {
             }
             OpCode::BinUnicode => {
                 let len = r.read_u32::<LittleEndian>()?;
-                let mut data = vec![0u8; len as usize];
-                r.read_exact(&mut data)?;
+                // Read what is there, up to `len`, instead of allocating `len` bytes first: a
+                // damaged length field must not allocate gigabytes (patched, see PATCHED.md).
+                let mut data = Vec::new();
+                (&mut *r).take(len as u64).read_to_end(&mut data)?;
+                if data.len() != len as usize {
+                    crate::bail!("a pickled string of {len} bytes is cut off after {}", data.len())
+                }
                 let data = String::from_utf8(data).map_err(E::wrap)?;
                 self.push(Object::Unicode(data))
             }
@@ -621,15 +628,26 @@ impl From<Object> for E {
     }
 }
 
+/// An error instead of `Vec::remove`'s panic when a damaged pickle holds a shorter tuple than
+/// the call it rebuilds takes (patched, see PATCHED.md).
+fn at_least(values: &[Object], n: usize, what: &str) -> Result<()> {
+    if values.len() < n {
+        crate::bail!("{what} takes {n} arguments, the pickle holds {}", values.len())
+    }
+    Ok(())
+}
+
 // https://github.com/pytorch/pytorch/blob/4eac43d046ded0f0a5a5fa8db03eb40f45bf656e/torch/_utils.py#L198
 // Arguments: storage, storage_offset, size, stride, requires_grad, backward_hooks
 fn rebuild_args(args: Object) -> Result<(Layout, DType, String, usize)> {
     let mut args = args.tuple()?;
+    at_least(&args, 4, "_rebuild_tensor_v2")?;
     let stride = Vec::<usize>::try_from(args.remove(3))?;
     let size = Vec::<usize>::try_from(args.remove(2))?;
     let offset = args.remove(1).int_or_long()? as usize;
     let storage = args.remove(0).persistent_load()?;
     let mut storage = storage.tuple()?;
+    at_least(&storage, 5, "a tensor's storage")?;
     let storage_size = storage.remove(4).int_or_long()? as usize;
     let path = storage.remove(2).unicode()?;
     let (_module_name, class_name) = storage.remove(1).class()?;
