@@ -196,6 +196,18 @@ impl EvalTransform {
     }
 }
 
+/// Images more than this many times longer than wide (or the reverse) are cut to their middle
+/// before the eval resize; the centre crop keeps only the middle anyway. Resizing a 65536x2 strip
+/// to 1,179,648x36 pixels allocated ~150 MB (found by mae-fuzz); no ordinary picture is cut.
+const MAX_ASPECT: u32 = 16;
+
+/// The centred part of a `width` x `height` image at most [`MAX_ASPECT`] times longer than its
+/// short side (the whole image when it is not that long).
+fn middle_strip(width: u32, height: u32) -> CropBox {
+    let (w, h) = (width.min(MAX_ASPECT.saturating_mul(height)), height.min(MAX_ASPECT.saturating_mul(width)));
+    CropBox { top: (height - h) / 2, left: (width - w) / 2, height: h, width: w }
+}
+
 impl Transform for EvalTransform {
     fn output_size(&self) -> (usize, usize) {
         (self.size, self.size)
@@ -210,7 +222,8 @@ impl Transform for EvalTransform {
     }
 
     fn apply_into(&self, image: &DynamicImage, _rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
-        let plane = to_plane(image);
+        let whole = to_plane(image);
+        let plane = crop(&whole, middle_strip(whole.width, whole.height))?;
         let (w, h) = self.resized_size(plane.width, plane.height);
         let resized = resize(&plane, w, h)?;
         let size = self.size as u32;

@@ -146,11 +146,9 @@ fn torch_pickle_regressions() {
     }
 }
 
-/// A 905-byte PNG of 65536x2 pixels (within the 1 Mpx cap): `EvalTransform::resized_size` makes
-/// the short side 36 and the long one 36 * 65536 / 2 = 1,179,648, and the resize allocates
-/// about 150 MB. A 1048576x1 image would take gigabytes; under the default 89 Mpx cap, far more.
+/// Fixed (`EvalTransform` cuts images over 16:1 to their middle before the resize): a 905-byte
+/// PNG of 65536x2 pixels made the resize allocate ~150 MB (1,179,648x36 pixels).
 #[test]
-#[ignore = "over-allocates: EvalTransform resizes extreme aspect ratios to huge widths, to be fixed"]
 fn image_eval_transform_extreme_aspect() {
     replay_known("image/cbd18e5a7664c62c.bin");
 }

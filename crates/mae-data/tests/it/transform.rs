@@ -50,6 +50,23 @@ fn eval_resize_follows_torchvision() {
     assert_eq!(EvalTransform { crop_pct: 1.0, ..EvalTransform::new(32) }.resized_size(28, 28), (32, 32));
 }
 
+/// A 4096x2 strip: the eval transform keeps its middle (cut to 16:1 before the resize, so the
+/// resize makes 576x36 pixels, not 73,728x36), as the uncut resize and centre crop would: the
+/// crop of a 2-pixel-high strip spans only the middle ~2 pixels of its length.
+#[test]
+fn eval_of_an_extreme_strip_keeps_its_middle_without_a_huge_resize() {
+    let t = EvalTransform { normalize: Normalize::IDENTITY, ..EvalTransform::new(32) };
+    for (middle, rest) in [(255u8, 0u8), (0, 255)] {
+        let strip = DynamicImage::ImageRgb8(ImageBuffer::from_fn(4096, 2, |x, _| {
+            Rgb([if (2040..2056).contains(&x) { middle } else { rest }; 3])
+        }));
+        let v = raw(&t, &strip, 0);
+        assert_eq!(v.len(), 3 * 32 * 32);
+        let want = f32::from(middle) / 255.0;
+        assert!(v.iter().all(|p| (p - want).abs() < 0.02), "the middle band fills the output");
+    }
+}
+
 fn raw(t: &dyn Transform, image: &DynamicImage, seed: u64) -> Vec<f32> {
     values(&t.apply(image, &mut sample_rng(seed, 0, 0, 0)).unwrap())
 }
