@@ -8,6 +8,7 @@ mod bench;
 mod build_cmd;
 mod ci;
 mod fixtures;
+mod fuzz;
 mod gpu_bundle;
 mod gpu_check;
 mod python;
@@ -32,6 +33,7 @@ SUBCOMMANDS:
     gpu-check   one-shot check on an NVIDIA GPU machine: release CUDA build, tests, benchmarks
     gpu-bundle  CUDA binaries built here for a GPU machine without Rust (run there: xtask/gpu/run-bundle.sh)
     bench       time training steps (ours, optionally vs PyTorch), peak memory, loader throughput
+    fuzz        fuzz the readers of untrusted input for a while (crates/mae-fuzz)
     help        print this help, or a subcommand's: cargo xtask help <SUBCOMMAND>
 
 Run `cargo xtask <SUBCOMMAND> --help` for a subcommand's options.
@@ -40,13 +42,14 @@ Exit codes: 0 success, 1 a step failed, 2 bad command line.
 
 type Main = fn(Vec<String>) -> util::Result<()>;
 
-const SUBCOMMANDS: [(&str, Main, &str); 6] = [
+const SUBCOMMANDS: [(&str, Main, &str); 7] = [
     ("ci", ci::main, ci::HELP),
     ("fixtures", fixtures::main, fixtures::HELP),
     ("build", build_cmd::main, build_cmd::HELP),
     ("gpu-check", gpu_check::main, gpu_check::HELP),
     ("gpu-bundle", gpu_bundle::main, gpu_bundle::HELP),
     ("bench", bench::bench, bench::HELP),
+    ("fuzz", fuzz::main, fuzz::HELP),
 ];
 
 fn main() -> ExitCode {
