@@ -76,16 +76,9 @@ fn a_tiny_vitmae_loads_by_id_from_the_hub_cache_offline() {
     assert_eq!(rel_err(&encoder.forward(&pixels).unwrap(), &want), 0.0);
 }
 
-#[test]
-fn pytorch_bin_and_sharded_safetensors_in_the_cache() {
-    let cache = tempfile::tempdir().unwrap();
-    let bin = fixtures_dir().join("hf_tiny_c_bin");
-    let bin_files =
-        vec![("config.json", bin.join("config.json")), ("pytorch_model.bin", bin.join("pytorch_model.bin"))];
-    make_cache(cache.path(), "mae-test/hf-tiny-c-bin", &bin_files);
-
-    // hf_tiny_a in two shards with an index, as transformers writes big models.
-    let shards = tempfile::tempdir().unwrap();
+/// hf_tiny_a in two shards with an index, as transformers writes big models: the files of such a
+/// repository (written into `dir`), with their names.
+fn sharded_tiny_a(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let tensors =
         candle_core::safetensors::load(fixtures_dir().join("hf_tiny_a/model.safetensors"), &Device::Cpu)
             .unwrap();
@@ -100,18 +93,58 @@ fn pytorch_bin_and_sharded_safetensors_in_the_cache() {
         weight_map.insert(name.clone(), file.into());
         part.insert(name, t);
     }
-    candle_core::safetensors::save(&a, shards.path().join("model-00001-of-00002.safetensors")).unwrap();
-    candle_core::safetensors::save(&b, shards.path().join("model-00002-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&a, dir.join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&b, dir.join("model-00002-of-00002.safetensors")).unwrap();
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    fs::write(shards.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let mut sharded = vec![("config.json", fixtures_dir().join("hf_tiny_a/config.json"))];
     for f in [
         "model.safetensors.index.json",
         "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors",
     ] {
-        sharded.push((f, shards.path().join(f)));
+        sharded.push((f, dir.join(f)));
     }
+    sharded
+}
+
+/// A sharded checkpoint downloaded through the local hub server, by a pinned revision; an
+/// unknown revision is an error naming it.
+#[test]
+fn sharded_weights_at_a_pinned_revision_download_through_the_hub() {
+    let server = mae_hub::testing::HubServer::start().unwrap();
+    let shards = tempfile::tempdir().unwrap();
+    let files = sharded_tiny_a(shards.path())
+        .into_iter()
+        .map(|(name, path)| (name.to_string(), fs::read(path).unwrap()))
+        .collect();
+    let commit = server.add_repo(mae_hub::RepoKind::Model, "mae-test/sharded", files);
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub::new(cache.path()).with_endpoint(server.endpoint());
+    let id = format!("mae-test/sharded@{commit}");
+    check_loss(&MaskedAutoencoder::from_pretrained_with(&id, &hub, &Device::Cpu).unwrap(), "hf_tiny_a");
+    let requests = server.requests();
+    for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        assert!(requests.iter().any(|r| r.contains(&commit) && r.ends_with(shard)), "{shard}: {requests:?}");
+    }
+    let err = MaskedAutoencoder::from_pretrained_with("mae-test/sharded@nope", &hub, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("mae-test/sharded") && err.contains("nope"), "{err}");
+}
+
+#[test]
+fn pytorch_bin_and_sharded_safetensors_in_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let bin = fixtures_dir().join("hf_tiny_c_bin");
+    let bin_files =
+        vec![("config.json", bin.join("config.json")), ("pytorch_model.bin", bin.join("pytorch_model.bin"))];
+    make_cache(cache.path(), "mae-test/hf-tiny-c-bin", &bin_files);
+
+    // hf_tiny_a in two shards with an index, as transformers writes big models.
+    let shards = tempfile::tempdir().unwrap();
+    let sharded = sharded_tiny_a(shards.path());
     make_cache(cache.path(), "mae-test/hf-tiny-a-sharded", &sharded);
 
     let hub = Hub::new(cache.path()).with_offline(true);
