@@ -83,6 +83,8 @@ pub fn decode_image(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result
         }
         Ok(reader)
     };
+    // Before any decoder runs: the tiff decoder reads tag values while reading the header.
+    check_tiff_tags(bytes).map_err(|m| DataError::decode(origin, m))?;
     // Header first: the pixel cap must hold before the decoder allocates the output.
     let (width, height) = reader(bytes)?.into_dimensions().map_err(|e| DataError::decode(origin, e))?;
     if width as u64 * height as u64 > limits.max_pixels {
@@ -105,6 +107,60 @@ pub fn decode_image(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result
         return Err(DataError::decode(origin, "image has zero width or height"));
     }
     Ok(image)
+}
+
+/// The most file data one TIFF tag may hold: the tiff crate's own default limit. The image
+/// crate raises that limit to the whole allocation budget, and the tiff decoder keeps each value
+/// in a 32-byte enum, so a damaged count allocated 8x the budget (238 MiB from a 4.8 KB file
+/// whose RowsPerStrip declared 7.8 million values; found by mae-fuzz).
+const MAX_TIFF_TAG_BYTES: u64 = 1 << 20;
+
+/// Refuses a TIFF whose first image (the one decoded) has a tag declaring more values than
+/// [`MAX_TIFF_TAG_BYTES`] of data; reads only the header and the first IFD's entries.
+fn check_tiff_tags(bytes: &[u8]) -> std::result::Result<(), String> {
+    let le = match bytes.get(..2) {
+        Some(b"II") => true,
+        Some(b"MM") => false,
+        _ => return Ok(()),
+    };
+    let uint = |at: u64, len: usize| -> Option<u64> {
+        let at = usize::try_from(at).ok()?;
+        let b = bytes.get(at..at.checked_add(len)?)?;
+        Some(if le {
+            b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x))
+        } else {
+            b.iter().fold(0u64, |v, &x| v << 8 | u64::from(x))
+        })
+    };
+    // Classic TIFF: 12-byte entries with 4-byte counts; BigTIFF (43): 20-byte entries, 8-byte counts.
+    let (ifd, count_len, entry_len, head) = match uint(2, 2) {
+        Some(42) => (uint(4, 4), 4, 12, 2),
+        Some(43) => (uint(8, 8), 8, 20, 8),
+        _ => return Ok(()),
+    };
+    let Some(ifd) = ifd else { return Ok(()) };
+    let entries = uint(ifd, head).unwrap_or(0).min(4096);
+    for i in 0..entries {
+        let entry = ifd + head as u64 + i * entry_len;
+        let (Some(tag), Some(kind), Some(count)) =
+            (uint(entry, 2), uint(entry + 2, 2), uint(entry + 4, count_len))
+        else {
+            break;
+        };
+        let value_size = match kind {
+            3 | 8 => 2,
+            4 | 9 | 11 | 13 => 4,
+            5 | 10 | 12 | 16 | 17 | 18 => 8,
+            _ => 1,
+        };
+        let data = count.saturating_mul(value_size);
+        if data > MAX_TIFF_TAG_BYTES {
+            return Err(format!(
+                "TIFF tag {tag} declares {count} values ({data} bytes), more than any image needs: the file is damaged"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a JPEG has its end-of-image marker (FF D9) after the start of its first scan. The
