@@ -18,11 +18,10 @@ fn register_font() {
     });
 }
 
-/// What one plot shows: the y axis and the two series' names.
+/// What one plot shows: the y axis (the series are always the raw values and their moving
+/// average).
 struct Series {
     y_desc: &'static str,
-    raw: &'static str,
-    smooth: &'static str,
     /// A log axis when the values span a decade or more.
     log_when_wide: bool,
 }
@@ -34,12 +33,7 @@ pub fn plot_loss(records: &[StepRecord], title: &str, path: &Path) -> Result<()>
         .filter(|r| r.loss.is_finite() && r.loss > 0.0)
         .map(|r| (r.step as f64, r.loss))
         .collect();
-    let series = Series {
-        y_desc: "loss (masked-patch MSE)",
-        raw: "per step",
-        smooth: "moving average",
-        log_when_wide: true,
-    };
+    let series = Series { y_desc: "loss (masked-patch MSE)", log_when_wide: true };
     plot(points, &series, title, path)
 }
 
@@ -49,12 +43,7 @@ pub fn plot_memory(records: &[StepRecord], title: &str, path: &Path) -> Result<(
         .iter()
         .filter_map(|r| r.rss_mb.filter(|m| m.is_finite()).map(|m| (r.step as f64, m)))
         .collect();
-    let series = Series {
-        y_desc: "resident memory (MB)",
-        raw: "per step",
-        smooth: "moving average",
-        log_when_wide: false,
-    };
+    let series = Series { y_desc: "resident memory (MB)", log_when_wide: false };
     plot(points, &series, title, path)
 }
 
@@ -129,12 +118,12 @@ where
     chart
         .draw_series(LineSeries::new(points, light.stroke_width(1)))
         .map_err(|e| e.to_string())?
-        .label(series.raw)
+        .label("per step")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light));
     chart
         .draw_series(LineSeries::new(ema, dark.stroke_width(2)))
         .map_err(|e| e.to_string())?
-        .label(series.smooth)
+        .label("moving average")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], dark));
     chart
         .configure_series_labels()

@@ -481,7 +481,8 @@ impl<M: Trainable> Trainer<M> {
         let log = done.is_multiple_of(self.config.log_every.max(1)) || done == total;
         record.elapsed_s = run.start.0.elapsed().as_secs_f64();
         record.images_per_s = run.window.1 as f64 / run.window.0.elapsed().as_secs_f64().max(1e-9);
-        record.rss_mb = crate::metrics::resident_mb();
+        // Read only where it is written: `/proc` on every step of every rank would be waste.
+        record.rss_mb = run.metrics.as_ref().and_then(|_| crate::metrics::resident_mb());
         let eta = record.elapsed_s / (done - run.start.1) as f64 * (total - done) as f64;
         run.progress.step(&record, eta, log);
         if let Some(metrics) = run.metrics.as_mut() {
