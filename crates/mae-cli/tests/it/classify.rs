@@ -2,9 +2,9 @@
 //! real data, and the `mae linear-probe` / `mae finetune` commands (JSON, exact resume, errors).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::run_mae::{assert_clean_failure, mae, stderr};
+use crate::run_mae::{assert_clean_failure, mae, mae_with_fault, stderr};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
@@ -366,12 +366,7 @@ fn linear_probe_command_prints_json_and_resumes_exactly_after_a_crash() {
 
     // The same run, killed while writing its step-8 checkpoint, then resumed.
     let args = probe("crashed");
-    let o = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(&args)
-        .current_dir(d)
-        .env("MAE_FAULT_INJECT", "abort-in-checkpoint:8")
-        .output()
-        .unwrap();
+    let o = mae_with_fault(&args.iter().map(String::as_str).collect::<Vec<_>>(), d, "abort-in-checkpoint:8");
     assert!(!o.status.success(), "the fault aborts the run");
     let resumed =
         json_of(&mae(&["linear-probe", "--resume", "crashed", "--progress", "silent", "--json"], d));
@@ -428,12 +423,9 @@ fn finetune_command_prints_json_and_resumes_exactly_after_a_crash() {
         (Some("finetune"), Some(4), Some("mean"))
     );
     assert!(r["top1"].as_f64().is_some() && r["top5"].as_f64().is_some(), "{r}");
-    let o = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(run("crashed"))
-        .current_dir(d)
-        .env("MAE_FAULT_INJECT", "abort-in-checkpoint:4")
-        .output()
-        .unwrap();
+    let crashed = run("crashed");
+    let o =
+        mae_with_fault(&crashed.iter().map(String::as_str).collect::<Vec<_>>(), d, "abort-in-checkpoint:4");
     assert!(!o.status.success(), "the fault aborts the run");
     let resumed = json_of(&mae(&["finetune", "--resume", "crashed", "--progress", "silent", "--json"], d));
     let same = checkpoint_file(&d.join("straight"), 4) == checkpoint_file(&d.join("crashed"), 4);

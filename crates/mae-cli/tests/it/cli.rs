@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::run_mae::{assert_clean_failure, mae, stderr};
+use crate::run_mae::{assert_clean_failure, mae, mae_with_fault, stderr};
 
 const SHORT_RUN: &[&str] = &[
     "pretrain",
@@ -46,12 +46,7 @@ fn a_short_run_writes_checkpoints_metrics_and_pictures_and_resumes_exactly_after
 
     // The same run, killed while writing the checkpoint of step 4, then resumed.
     let crashed = [SHORT_RUN, &["--out", "crashed"]].concat();
-    let o = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(&crashed)
-        .current_dir(dir.path())
-        .env("MAE_FAULT_INJECT", "abort-in-checkpoint:4")
-        .output()
-        .unwrap();
+    let o = mae_with_fault(&crashed, dir.path(), "abort-in-checkpoint:4");
     assert!(!o.status.success(), "the fault aborts the run");
     let o = mae(&["pretrain", "--resume", "crashed", "--progress", "lines"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));

@@ -30,8 +30,8 @@ const RUN: &[&str] = &[
 ];
 
 fn mae() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mae"));
-    cmd.env("MAE_FAULT_INJECT", "").stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut cmd = crate::run_mae::command("");
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     cmd
 }
 

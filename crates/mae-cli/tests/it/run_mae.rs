@@ -3,15 +3,21 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// The `mae` binary, offline, with `MAE_FAULT_INJECT=fault` (`""`: no fault).
+pub fn command(fault: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mae"));
+    cmd.env("MAE_FAULT_INJECT", fault).env("HF_HUB_OFFLINE", "1");
+    cmd
+}
+
 /// Runs `mae args...` in `dir`, offline, with fault injection off.
 pub fn mae(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .current_dir(dir)
-        .env("MAE_FAULT_INJECT", "")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("the mae binary runs")
+    mae_with_fault(args, dir, "")
+}
+
+/// Runs `mae args...` in `dir` with the crash tests' `MAE_FAULT_INJECT=fault`.
+pub fn mae_with_fault(args: &[&str], dir: &Path, fault: &str) -> Output {
+    command(fault).args(args).current_dir(dir).output().expect("the mae binary runs")
 }
 
 pub fn stderr(o: &Output) -> String {
