@@ -87,10 +87,12 @@ pub(super) struct FileTensors {
 /// Reads a safetensors file or a PyTorch (zip) pickle, by content.
 pub(super) fn read_tensors(path: &Path, device: &Device) -> Result<FileTensors> {
     use std::io::Read;
-    let mut magic = [0u8; 4];
-    let n =
-        std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(|e| MaeError::io(path, e))?;
-    let magic = &magic[..n];
+    // The first bytes say what the file is (`read` alone may return fewer than there are).
+    let mut magic = Vec::with_capacity(8);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(8).read_to_end(&mut magic))
+        .map_err(|e| MaeError::io(path, e))?;
+    let magic = magic.as_slice();
     if magic.starts_with(b"PK\x03\x04") {
         return Ok(FileTensors {
             tensors: crate::torch_zip::read_pickle(path)?,
@@ -122,10 +124,11 @@ pub(super) fn read_tensors(path: &Path, device: &Device) -> Result<FileTensors> 
     Ok(FileTensors { tensors: file.tensors, header, encoder_header, pickled: false })
 }
 
-/// A safetensors file starts with its header length as a little-endian u64 followed by `{`: a
-/// header under 100 MB has zero high bytes. Anything else in a `.pth`/`.bin` file is not one.
+/// A safetensors file starts with its header length as a little-endian u64, at most the
+/// safetensors crate's 100 MB. A `.pth`/`.bin` file that starts otherwise is not one.
 fn looks_unlike_safetensors(magic: &[u8]) -> bool {
-    magic.get(3).is_none_or(|&b| b != 0)
+    let header_len = magic.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    header_len.is_none_or(|n| n > 100_000_000)
 }
 
 #[cfg(test)]
