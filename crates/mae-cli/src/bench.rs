@@ -42,14 +42,23 @@ pub struct BenchArgs {
 /// Warm-up steps left out of the timings (kernels loaded, memory pools filled).
 const WARMUP_STEPS: usize = 2;
 
-pub fn bench(args: BenchArgs) -> Result<()> {
-    if args.steps == 0 || args.batch_size == 0 {
-        bail!(
-            "--steps and --batch-size must be at least 1 (got --steps {} --batch-size {})",
-            args.steps,
-            args.batch_size
-        );
+impl BenchArgs {
+    /// The checks of the flags alone, made before a model is built.
+    pub fn check(&self) -> Result<()> {
+        if self.steps == 0 || self.batch_size == 0 {
+            bail!(
+                "--steps and --batch-size must be at least 1 (got --steps {} --batch-size {})",
+                self.steps,
+                self.batch_size
+            );
+        }
+        MaeConfig::preset(&self.preset).context("--preset")?;
+        Ok(())
     }
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    args.check()?;
     let device = util::parse_device(&args.device)?;
     let config = MaeConfig::preset(&args.preset).context("--preset")?;
     let mut model = MaskedAutoencoder::new(&config, 0, &device)?;

@@ -140,13 +140,21 @@ pub struct KnnArgs {
     pub device: String,
 }
 
+impl KnnArgs {
+    /// The checks of the flags alone, made before any weights or data are read.
+    pub fn check(&self) -> Result<()> {
+        if self.k == 0 {
+            bail!("--k 0: at least 1 neighbour must vote");
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            bail!("--temperature {}: must be a positive number", self.temperature);
+        }
+        Ok(())
+    }
+}
+
 pub fn knn(args: KnnArgs) -> Result<()> {
-    if args.k == 0 {
-        bail!("--k 0: at least 1 neighbour must vote");
-    }
-    if !(args.temperature.is_finite() && args.temperature > 0.0) {
-        bail!("--temperature {}: must be a positive number", args.temperature);
-    }
+    args.check()?;
     let device = util::parse_device(&args.device)?;
     let (weights, preset) = (args.weights.as_deref(), args.preset.as_deref());
     let encoder = util::load_or_init_encoder(weights, preset, args.seed, &device)?;

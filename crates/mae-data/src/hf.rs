@@ -18,6 +18,9 @@ pub use crate::hub_cache::hub_cache_dir;
 use crate::hub_cache::resolve_shards;
 use crate::spec::OpenOptions;
 
+/// The most classes a labeled split may have (ImageNet-21k has 21,841; face datasets up to ~100k).
+pub const MAX_CLASSES: usize = 1 << 20;
+
 /// One split of a hub dataset.
 #[derive(Debug, Clone)]
 pub struct HfDataset {
@@ -112,6 +115,51 @@ fn label_value(field: &Field) -> Option<i64> {
     }
 }
 
+/// The rows of one shard: encoded images (`None` when null) and labels, and the columns they
+/// came from.
+struct ShardRows {
+    columns: Columns,
+    images: Vec<Option<Vec<u8>>>,
+    labels: Vec<Option<i64>>,
+}
+
+fn read_shard(repo: &str, path: &Path) -> Result<ShardRows> {
+    let bad = |e: parquet::errors::ParquetError| DataError::format(path, "parquet file", e.to_string());
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let reader = SerializedFileReader::new(file).map_err(bad)?;
+    let columns = choose_columns(repo, path, &reader)?;
+    let projected = projection(reader.metadata().file_metadata().schema(), &columns)?;
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for row in reader.get_row_iter(Some(projected)).map_err(bad)? {
+        let row: Row = row.map_err(bad)?;
+        let (mut image, mut label) = (None, None);
+        for (name, field) in row.get_column_iter() {
+            if *name == columns.image {
+                image = image_bytes(field);
+            } else if Some(name.as_str()) == columns.label.as_deref() {
+                label = label_value(field);
+            }
+        }
+        images.push(image);
+        labels.push(label);
+    }
+    Ok(ShardRows { columns, images, labels })
+}
+
+/// [`read_shard`], with a panic of the parquet crate made an error naming the file: its record
+/// reader asserts on some malformed pages instead of returning an error (found by mae-fuzz:
+/// `bit_util.rs` "size <= src.len()" in a dictionary page, `decoder.rs` on a data page).
+fn read_shard_guarded(repo: &str, path: &Path) -> Result<ShardRows> {
+    std::panic::catch_unwind(|| read_shard(repo, path)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(DataError::format(path, "parquet file", format!("malformed (the parquet reader failed: {why})")))
+    })
+}
+
 impl HfDataset {
     /// Opens `split` of `repo` (`OWNER/NAME`), in `config` when the repository has several.
     pub fn open(repo: &str, config: Option<&str>, split: &str, options: &OpenOptions) -> Result<Self> {
@@ -121,29 +169,13 @@ impl HfDataset {
         let mut class_names = Vec::new();
         let mut has_label_column = false;
         for (s, path) in shards.iter().enumerate() {
-            let bad =
-                |e: parquet::errors::ParquetError| DataError::format(path, "parquet file", e.to_string());
-            let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-            let reader = SerializedFileReader::new(file).map_err(bad)?;
-            let columns = choose_columns(repo, path, &reader)?;
-            has_label_column |= columns.label.is_some();
+            let shard = read_shard_guarded(repo, path)?;
+            has_label_column |= shard.columns.label.is_some();
             if class_names.is_empty() {
-                class_names = columns.names.clone();
+                class_names = shard.columns.names;
             }
-            let projected = projection(reader.metadata().file_metadata().schema(), &columns)?;
-            for (r, row) in reader.get_row_iter(Some(projected)).map_err(bad)?.enumerate() {
-                let row: Row = row.map_err(bad)?;
-                let (mut image, mut label) = (None, None);
-                for (name, field) in row.get_column_iter() {
-                    if *name == columns.image {
-                        image = image_bytes(field);
-                    } else if Some(name.as_str()) == columns.label.as_deref() {
-                        label = label_value(field);
-                    }
-                }
-                images.push((image, s, r));
-                raw_labels.push(label);
-            }
+            images.extend(shard.images.into_iter().enumerate().map(|(r, image)| (image, s, r)));
+            raw_labels.extend(shard.labels);
         }
         if images.is_empty() {
             return Err(DataError::Empty {
@@ -164,6 +196,20 @@ impl HfDataset {
             None => Vec::new(),
             Some(l) => {
                 let needed = l.iter().max().map_or(0, |m| *m as usize + 1);
+                if needed > MAX_CLASSES {
+                    // Each class gets a name (and the k-NN monitor a vote counter): a label of
+                    // four billion would make four billion of them.
+                    let at = l.iter().position(|&v| v as usize >= MAX_CLASSES).unwrap_or(0);
+                    let (_, shard, row) = images[at];
+                    return Err(DataError::format(
+                        &shards[shard],
+                        "parquet file",
+                        format!(
+                            "row {row} has label {}; a dataset may have at most {MAX_CLASSES} classes",
+                            l[at]
+                        ),
+                    ));
+                }
                 if class_names.len() >= needed {
                     class_names
                 } else {

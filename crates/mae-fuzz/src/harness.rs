@@ -18,7 +18,10 @@ const STACK: usize = 8 << 20;
 const HARD_CAP_MIN: usize = 1 << 30;
 
 /// The message and backtrace of the last panic on a worker thread.
-static PANIC: Mutex<Option<String>> = Mutex::new(None);
+/// The backtrace is kept unresolved: resolving it loads the debug info (~60 MB), which would be
+/// charged to the case, and a panic that the reader catches itself (the parquet crate's, in
+/// mae-data) is no failure and needs no backtrace.
+static PANIC: Mutex<Option<(String, std::backtrace::Backtrace)>> = Mutex::new(None);
 /// One case at a time: the allocation counters are process-wide.
 static CASE: Mutex<()> = Mutex::new(());
 
@@ -86,8 +89,7 @@ fn install_panic_hook() {
                 return previous(info);
             }
             let backtrace = std::backtrace::Backtrace::force_capture();
-            let message = format!("{info}\n{backtrace}");
-            *PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+            *PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some((info.to_string(), backtrace));
         }));
     });
 }
@@ -151,7 +153,8 @@ impl Harness {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = handle.join();
                 alloc::set_hard_cap(usize::MAX);
-                let message = PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let panic = PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let message = panic.map(|(info, backtrace)| format!("{info}\n{backtrace}"));
                 Err(FailureKind::Panic(message.unwrap_or_else(|| "panic (no message recorded)".into())))
             }
         }

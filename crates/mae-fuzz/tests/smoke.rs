@@ -103,6 +103,35 @@ fn data_spec() {
     smoke("data-spec", none);
 }
 
+#[test]
+fn parquet() {
+    smoke("parquet", none);
+}
+
+#[test]
+fn toml_config() {
+    smoke("toml-config", none);
+}
+
+#[test]
+fn cli() {
+    smoke("cli", none);
+}
+
+/// Mutations of seeds the readers refuse would explore only their first checks: the resolved
+/// configs of pretrain, linear-probe and finetune runs are read back as runs' configs.
+#[test]
+fn toml_config_seeds_are_valid_run_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = (mae_fuzz::target("toml-config").unwrap().seeds)();
+    let resolved: Vec<_> = seeds.iter().filter(|s| s.name.starts_with("config.toml of")).collect();
+    assert_eq!(resolved.len(), 4, "{:?}", seeds.iter().map(|s| &s.name).collect::<Vec<_>>());
+    for seed in resolved {
+        std::fs::write(dir.path().join("config.toml"), &seed.bytes).unwrap();
+        mae_cli::check::run_config(dir.path()).unwrap_or_else(|e| panic!("{}: {e:#}", seed.name));
+    }
+}
+
 fn replay(target: &str, path: &Path) -> Result<(), String> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let target_ref =

@@ -9,7 +9,7 @@
 mod finetune;
 mod linear_probe;
 mod run;
-mod settings;
+pub(crate) mod settings;
 
 use std::path::PathBuf;
 

@@ -109,6 +109,25 @@ fn reads_a_mnist_like_repo_from_the_cache() {
     assert_eq!((test_split.len(), test_split.get(0).unwrap().label), (1, Some(2)));
 }
 
+/// Found by mae-fuzz (parquet target): a label of four billion made four billion class names
+/// (a 100 GB allocation) before a sample was read.
+#[test]
+fn a_label_past_the_class_limit_is_an_error_naming_its_row() {
+    let cache = tempfile::tempdir().unwrap();
+    let rows: &[Option<Vec<u8>>] = &[png(8), png(9)];
+    cache_repo(cache.path(), "someone/huge", &[("data/train-0.parquet", rows, &[1, 4_000_000_000])]);
+    let err = open(&"hf:someone/huge".parse().unwrap(), &offline(cache.path())).err().unwrap();
+    let message = err.to_string();
+    assert!(
+        message.contains("row 1 has label 4000000000") && message.contains("train-0.parquet"),
+        "{message}"
+    );
+    // Labels past the class names but under the limit still open, with numbers for names.
+    cache_repo(cache.path(), "someone/more", &[("data/train-0.parquet", rows, &[1, 4])]);
+    let ds = open(&"hf:someone/more".parse().unwrap(), &offline(cache.path())).unwrap();
+    assert_eq!(ds.class_names().len(), 5);
+}
+
 #[test]
 fn configs_splits_and_missing_repos_are_explained() {
     let cache = tempfile::tempdir().unwrap();

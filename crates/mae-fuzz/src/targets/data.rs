@@ -168,7 +168,7 @@ fn run_idx(dir: &Path, input: &[u8]) -> Result<(), String> {
 }
 
 /// Reads the first and last few samples, as a loader would.
-fn read_samples(dataset: &dyn Dataset) {
+pub(super) fn read_samples(dataset: &dyn Dataset) {
     let n = dataset.len();
     for i in (0..n.min(4)).chain(n.saturating_sub(2)..n) {
         let _ = dataset.get(i);

@@ -5,7 +5,9 @@
 //! returns `Err` only when a property that must hold for every input is broken. Panics, hangs
 //! and over-allocation are caught by [`crate::harness`].
 
+mod cli;
 mod data;
+mod hub;
 mod weights;
 
 use std::path::Path;
@@ -52,6 +54,9 @@ pub static TARGETS: &[Target] = &[
     data::CIFAR,
     data::IMAGE,
     data::DATA_SPEC,
+    hub::PARQUET,
+    cli::TOML_CONFIG,
+    cli::CLI,
 ];
 
 /// The target called `name`.
