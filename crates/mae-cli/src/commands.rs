@@ -46,7 +46,10 @@ pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
         model = MaskedAutoencoder::from_tensors(&config, model.state_dict(), "--weights", &device)?;
     }
     let size = model.config().image_size[0];
-    let transform = mae_data::EvalTransform::new(size);
+    // The default normalisation of the model's channel count (a run's own --mean/--std are not
+    // read back here yet).
+    let normalize = mae_data::Normalize::default_for(model.config().in_channels);
+    let transform = mae_data::EvalTransform::new(size).with_normalize(normalize.clone());
     let limits = mae_data::DecodeLimits::default();
     let mut images = Vec::new();
     for path in &args.image {
@@ -61,7 +64,9 @@ pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
     let noise = mae::pretrain::batch_noise(args.seed, 0, &(0..b).collect::<Vec<_>>(), l);
     let plan = mae::MaskPlan::from_noise_values(&noise, b, l, model.config().mask_ratio)?;
     let rec = mae::visualize::reconstruct(&model, &pixels, &plan)?;
-    mae::visualize::save_grid(&rec, &mae::visualize::Denormalize::default(), &args.out)
+    let denormalize =
+        mae::visualize::Denormalize { mean: normalize.mean.to_vec(), std: normalize.std.to_vec() };
+    mae::visualize::save_grid(&rec, &denormalize, &args.out)
         .with_context(|| format!("--out {}", args.out.display()))?;
     eprintln!("wrote {} (original | masked | reconstruction | reconstruction + visible)", args.out.display());
     Ok(())

@@ -167,13 +167,14 @@ impl TrainingData {
             world_size,
             ..LoaderConfig::train(cfg.batch_size)
         };
-        let loader = Loader::new(dataset.clone(), Arc::new(MaeTrainTransform::new(size)), loader_cfg)
-            .with_context(|| {
-                format!(
-                    "--data {} with --batch-size {} on {world_size} process(es)",
-                    cfg.data, cfg.batch_size
-                )
-            })?;
+        let loader = Loader::new(
+            dataset.clone(),
+            Arc::new(MaeTrainTransform::new(size).with_normalize(cfg.normalize())),
+            loader_cfg,
+        )
+        .with_context(|| {
+            format!("--data {} with --batch-size {} on {world_size} process(es)", cfg.data, cfg.batch_size)
+        })?;
         let steps_per_epoch = loader.batches_per_epoch() / cfg.accum;
         if steps_per_epoch == 0 {
             bail!(
@@ -235,7 +236,7 @@ fn announce(
 fn pretrain_hooks(cfg: &Pretrain, data: &TrainingData, is_main: bool) -> Result<PretrainHooks> {
     let preview = if is_main {
         let preview_indices: Vec<usize> = (0..data.dataset.len().min(PREVIEW_IMAGES)).collect();
-        let eval = mae_data::EvalTransform::new(cfg.model.image_size[0]);
+        let eval = mae_data::EvalTransform::new(cfg.model.image_size[0]).with_normalize(cfg.normalize());
         mae::pretrain::load_images(data.dataset.as_ref(), &eval, &preview_indices).ok()
     } else {
         None
@@ -260,7 +261,7 @@ fn pretrain_hooks(cfg: &Pretrain, data: &TrainingData, is_main: bool) -> Result<
         run_dir: cfg.out.clone(),
         preview,
         preview_seed: cfg.seed,
-        denormalize: mae::visualize::Denormalize::default(),
+        denormalize: mae::visualize::Denormalize { mean: cfg.mean.clone(), std: cfg.std.clone() },
         probe: knn,
         title: format!("{} on {}", cfg.preset, cfg.data),
     })

@@ -63,6 +63,18 @@ pub struct PretrainArgs {
     /// Image side in pixels (default: the preset's).
     #[arg(long)]
     pub img_size: Option<usize>,
+    /// Image channels the model takes: 3 (RGB, the default; gray is replicated, alpha dropped),
+    /// 1 (grayscale, 16-bit precision kept), 2 (gray + alpha) or 4 (RGBA). An image that cannot
+    /// give them (RGB for 1) stops the run with its file named.
+    #[arg(long, value_name = "N")]
+    pub in_channels: Option<usize>,
+    /// Per-channel mean of the [0, 1] pixel values, comma-separated, one per channel (`mae stats`
+    /// computes it); default: ImageNet's for 3 channels, 0.5 for other counts.
+    #[arg(long, value_name = "M,M,M", value_delimiter = ',', num_args = 1)]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation, as --mean; default: ImageNet's for 3 channels, 0.25 otherwise.
+    #[arg(long, value_name = "S,S,S", value_delimiter = ',', num_args = 1)]
+    pub std: Option<Vec<f32>>,
     /// Compute precision: f32 (default), or bf16 (mixed precision for GPUs: matrix products in
     /// bf16, weights, optimizer state, norms and the loss in f32). f16 is refused: fp16 training
     /// needs loss scaling.
@@ -125,6 +137,9 @@ impl PretrainArgs {
             mask_ratio,
             norm_pix_loss,
             img_size,
+            in_channels,
+            mean,
+            std,
             dtype,
             max_nonfinite,
             knn_every,
@@ -177,11 +192,17 @@ impl PretrainArgs {
         if let Some(n) = self.norm_pix_loss {
             model.norm_pix_loss = n;
         }
+        if let Some(c) = self.in_channels {
+            model.in_channels = c;
+        }
+        let default_stats = mae_data::Normalize::default_for(model.in_channels);
         let (epochs, steps) = length.to_fields();
         let (recipe, run) = (&self.recipe, &self.run);
         let resolved = Pretrain {
             data: self.data.clone().unwrap_or_else(|| "synthetic:20000".into()),
             preset,
+            mean: self.mean.clone().unwrap_or_else(|| default_stats.mean.to_vec()),
+            std: self.std.clone().unwrap_or_else(|| default_stats.std.to_vec()),
             model,
             epochs,
             steps,
@@ -216,6 +237,12 @@ impl PretrainArgs {
 pub struct Pretrain {
     pub data: String,
     pub preset: String,
+    /// The pixel normalisation, one value per channel (runs written before it existed used
+    /// ImageNet's, the default).
+    #[serde(default = "imagenet_mean")]
+    pub mean: Vec<f32>,
+    #[serde(default = "imagenet_std")]
+    pub std: Vec<f32>,
     pub model: mae::MaeConfig,
     /// Exactly one of `epochs` and `steps` is set (see [`Pretrain::length`]).
     pub epochs: Option<usize>,
@@ -243,7 +270,20 @@ pub struct Pretrain {
     pub log_every: usize,
 }
 
+fn imagenet_mean() -> Vec<f32> {
+    mae_data::Normalize::IMAGENET.mean.to_vec()
+}
+
+fn imagenet_std() -> Vec<f32> {
+    mae_data::Normalize::IMAGENET.std.to_vec()
+}
+
 impl Pretrain {
+    /// The normalisation of the run's pixels (its length is the model's channel count).
+    pub fn normalize(&self) -> mae_data::Normalize {
+        mae_data::Normalize::new(self.mean.clone(), self.std.clone())
+    }
+
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).context("cannot write the resolved config")
     }
@@ -275,7 +315,19 @@ impl Pretrain {
 
     /// What the trainer and the data pipeline would otherwise fail on (or divide by) later.
     fn validate(&self) -> Result<()> {
-        self.model.validate().context("the model settings (--img-size, --mask-ratio)")?;
+        self.model.validate().context("the model settings (--img-size, --mask-ratio, --in-channels)")?;
+        let channels = self.model.in_channels;
+        if self.mean.len() != channels || self.std.len() != channels {
+            bail!(
+                "--mean has {} value(s) and --std {}: give one per channel (--in-channels {channels})",
+                self.mean.len(),
+                self.std.len()
+            );
+        }
+        mae_data::Transform::check(
+            &mae_data::MaeTrainTransform::new(self.model.image_size[0]).with_normalize(self.normalize()),
+        )
+        .context("--in-channels, --mean, --std")?;
         let [h, w] = self.model.image_size;
         if h != w {
             bail!("{h}x{w} images: non-square training images are not supported by the data pipeline yet");
@@ -307,6 +359,9 @@ impl Pretrain {
                 ("--mask-ratio", args.mask_ratio.is_some()),
                 ("--norm-pix-loss", args.norm_pix_loss.is_some()),
                 ("--img-size", args.img_size.is_some()),
+                ("--in-channels", args.in_channels.is_some()),
+                ("--mean", args.mean.is_some()),
+                ("--std", args.std.is_some()),
                 ("--dtype", args.dtype.is_some()),
                 ("--out", args.run.out.is_some()),
                 ("--max-nonfinite", args.max_nonfinite.is_some()),

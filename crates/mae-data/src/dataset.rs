@@ -38,6 +38,11 @@ pub trait Dataset: Send + Sync {
 
     /// A one-line description for logs, e.g. `MNIST train /data/mnist (5000 images, 10 classes)`.
     fn describe(&self) -> String;
+
+    /// Where sample `index` comes from, for errors about it: its file where it has one.
+    fn origin(&self, index: usize) -> String {
+        format!("sample {index} of {}", self.describe())
+    }
 }
 
 /// An `OutOfRange` error for `dataset`, for implementations of [`Dataset::get`].

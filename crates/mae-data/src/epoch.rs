@@ -64,14 +64,22 @@ fn worker(shared: &Shared, jobs: &Receiver<usize>, results: &Sender<BatchResult>
 fn load_one(shared: &Shared, index: usize, out: &mut [f32]) -> Result<Option<u32>> {
     let mut rng = sample_rng(shared.sampler.seed, shared.epoch, index as u64, stream::AUGMENT);
     let sample = shared.dataset.get(index)?;
-    shared.transform.apply_into(&sample.image, &mut rng, out)?;
+    // A sample the run's settings cannot take (an RGB image for --in-channels 1) stops the run:
+    // skipping it would skip every such image. The error names its file.
+    shared.transform.apply_into(&sample.image, &mut rng, out).map_err(|e| match e {
+        DataError::Config(message) => {
+            DataError::Config(format!("{}: {message}", shared.dataset.origin(index)))
+        }
+        e => e,
+    })?;
     Ok(sample.label)
 }
 
 fn build_batch(shared: &Shared, k: usize) -> Result<Batch> {
     let indices = shared.sampler.batch_indices(&shared.order, k);
     let (h, w) = shared.transform.output_size();
-    let per = 3 * h * w;
+    let c = shared.transform.channels();
+    let per = c * h * w;
     let labeled = shared.dataset.is_labeled();
     let mut pixels = vec![0f32; indices.len() * per];
     let (mut kept, mut labels, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
@@ -105,7 +113,7 @@ fn build_batch(shared: &Shared, k: usize) -> Result<Batch> {
         }
     }
     pixels.truncate(kept.len() * per);
-    let images = Tensor::from_vec(pixels, (kept.len(), 3, h, w), &Device::Cpu)?;
+    let images = Tensor::from_vec(pixels, (kept.len(), c, h, w), &Device::Cpu)?;
     Ok(Batch {
         images,
         labels: labeled.then_some(labels),

@@ -139,6 +139,13 @@ impl Dataset for ImageFolder {
         &self.classes
     }
 
+    fn origin(&self, index: usize) -> String {
+        match self.files.get(index) {
+            Some((path, _)) => path.display().to_string(),
+            None => format!("sample {index} of {}", self.describe()),
+        }
+    }
+
     fn describe(&self) -> String {
         let labels = if self.classes.is_empty() {
             "unlabeled".to_string()

@@ -73,7 +73,7 @@ impl LoaderConfig {
 /// One batch, ready for the model.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// `[B, 3, H, W]` f32 on the CPU, normalised. B is smaller than the batch size when samples
+    /// `[B, C, H, W]` f32 on the CPU, normalised (C = 3 unless the transform says otherwise). B is smaller than the batch size when samples
     /// were skipped (and may be 0: a batch is never dropped, so every rank takes the same number
     /// of steps).
     pub images: Tensor,

@@ -11,13 +11,14 @@ use crate::error::{DataError, Result};
 use crate::transform::{CropBox, Normalize};
 
 /// Pixel data in the narrowest form that loses nothing: 8-bit gray (resized once, then
-/// replicated to three channels: a third of the work for MNIST-like data), 8-bit RGB, or float
-/// RGB for 16-bit and float images (so 16-bit values are scaled to [0, 1], never clipped).
+/// replicated to three channels when RGB is asked for: a third of the work for MNIST-like data),
+/// 8-bit RGB, or float with 1 to 4 interleaved channels for 16-bit and float images, alpha and
+/// gray + alpha (so 16-bit values are scaled to [0, 1], never cut to 8 bits).
 #[derive(Debug, Clone)]
 pub(crate) enum Pixels<'a> {
     Gray8(Cow<'a, [u8]>),
     Rgb8(Cow<'a, [u8]>),
-    RgbF32(Cow<'a, [f32]>),
+    F32 { channels: usize, data: Cow<'a, [f32]> },
 }
 
 #[derive(Debug, Clone)]
@@ -31,26 +32,47 @@ impl Pixels<'_> {
     fn channels(&self) -> usize {
         match self {
             Pixels::Gray8(_) => 1,
-            _ => 3,
+            Pixels::Rgb8(_) => 3,
+            Pixels::F32 { channels, .. } => *channels,
         }
     }
 }
 
-/// The image as gray or RGB. Alpha is dropped, not composited, as PIL's `convert("RGB")` (which
-/// torchvision's loaders call) does.
-pub(crate) fn to_plane(image: &DynamicImage) -> Plane<'_> {
+fn float(channels: usize, data: Vec<f32>) -> Pixels<'static> {
+    Pixels::F32 { channels, data: Cow::Owned(data) }
+}
+
+/// The image as the `channels` channels a transform produces: 3 as gray or RGB (alpha is
+/// dropped, not composited, as PIL's `convert("RGB")`, which torchvision's loaders call, does);
+/// 1 from grayscale (alpha dropped); 2 from gray + alpha; 4 from RGBA. Anything else is an
+/// error: colour is never silently averaged away, nor alpha invented.
+pub(crate) fn to_plane(image: &DynamicImage, channels: usize) -> Result<Plane<'_>> {
+    use DynamicImage as D;
     let (width, height) = (image.width(), image.height());
-    let pixels = match image {
-        DynamicImage::ImageLuma8(g) => Pixels::Gray8(Cow::Borrowed(g.as_raw())),
-        DynamicImage::ImageLumaA8(g) => {
-            Pixels::Gray8(Cow::Owned(g.as_raw().iter().step_by(2).copied().collect()))
-        }
-        DynamicImage::ImageRgb8(g) => Pixels::Rgb8(Cow::Borrowed(g.as_raw())),
-        DynamicImage::ImageRgba8(_) => Pixels::Rgb8(Cow::Owned(image.to_rgb8().into_raw())),
+    let has_alpha = image.color().has_alpha();
+    let is_gray = !image.color().has_color();
+    let pixels = match (channels, image) {
+        (3, D::ImageLuma8(g)) => Pixels::Gray8(Cow::Borrowed(g.as_raw())),
+        (3, D::ImageLumaA8(g)) => Pixels::Gray8(Cow::Owned(g.as_raw().iter().step_by(2).copied().collect())),
+        (3, D::ImageRgb8(g)) => Pixels::Rgb8(Cow::Borrowed(g.as_raw())),
+        (3, D::ImageRgba8(_)) => Pixels::Rgb8(Cow::Owned(image.to_rgb8().into_raw())),
         // 16-bit and float: `to_rgb32f` scales u16 by 1/65535.
-        _ => Pixels::RgbF32(Cow::Owned(image.to_rgb32f().into_raw())),
+        (3, _) => float(3, image.to_rgb32f().into_raw()),
+        (1, D::ImageLuma8(g)) => Pixels::Gray8(Cow::Borrowed(g.as_raw())),
+        (1, D::ImageLumaA8(g)) => Pixels::Gray8(Cow::Owned(g.as_raw().iter().step_by(2).copied().collect())),
+        (1, _) if is_gray => float(1, image.to_luma32f().into_raw()),
+        (2, _) if is_gray && has_alpha => float(2, image.to_luma_alpha32f().into_raw()),
+        (4, _) if has_alpha && !is_gray => float(4, image.to_rgba32f().into_raw()),
+        _ => {
+            let found = image.color().channel_count();
+            return Err(DataError::Config(format!(
+                "the image is {:?} ({found} channel{}), and the run takes {channels} (--in-channels {channels})",
+                image.color(),
+                if found == 1 { "" } else { "s" }
+            )));
+        }
     };
-    Plane { width, height, pixels }
+    Ok(Plane { width, height, pixels })
 }
 
 fn crop_rows<T: Copy>(data: &[T], width: u32, channels: usize, crop: CropBox) -> Vec<T> {
@@ -79,14 +101,16 @@ pub(crate) fn crop<'a>(plane: &'a Plane<'a>, crop: CropBox) -> Result<Plane<'a>>
         let pixels = match &plane.pixels {
             Pixels::Gray8(p) => Pixels::Gray8(Cow::Borrowed(p.as_ref())),
             Pixels::Rgb8(p) => Pixels::Rgb8(Cow::Borrowed(p.as_ref())),
-            Pixels::RgbF32(p) => Pixels::RgbF32(Cow::Borrowed(p.as_ref())),
+            Pixels::F32 { channels, data } => {
+                Pixels::F32 { channels: *channels, data: Cow::Borrowed(data.as_ref()) }
+            }
         };
         return Ok(Plane { width: plane.width, height: plane.height, pixels });
     }
     let pixels = match &plane.pixels {
         Pixels::Gray8(p) => Pixels::Gray8(Cow::Owned(crop_rows(p, plane.width, 1, crop))),
         Pixels::Rgb8(p) => Pixels::Rgb8(Cow::Owned(crop_rows(p, plane.width, 3, crop))),
-        Pixels::RgbF32(p) => Pixels::RgbF32(Cow::Owned(crop_rows(p, plane.width, 3, crop))),
+        Pixels::F32 { channels, data } => float(*channels, crop_rows(data, plane.width, *channels, crop)),
     };
     Ok(Plane { width: crop.width, height: crop.height, pixels })
 }
@@ -111,54 +135,62 @@ pub(crate) fn resize(plane: &Plane<'_>, width: u32, height: u32) -> Result<Plane
                 Pixels::Rgb8(Cow::Owned(out))
             }
         }
-        Pixels::RgbF32(p) => {
-            let bytes: &[u8] = bytemuck::cast_slice(p.as_ref());
-            let src =
-                ImageRef::new(plane.width, plane.height, bytes, PixelType::F32x3).map_err(|e| fail(&e))?;
+        Pixels::F32 { channels, data } => {
+            let kind = match channels {
+                1 => PixelType::F32,
+                2 => PixelType::F32x2,
+                3 => PixelType::F32x3,
+                4 => PixelType::F32x4,
+                c => return Err(DataError::Transform(format!("{c} float channels cannot be resized"))),
+            };
+            let bytes: &[u8] = bytemuck::cast_slice(data.as_ref());
+            let src = ImageRef::new(plane.width, plane.height, bytes, kind).map_err(|e| fail(&e))?;
             let mut out = vec![0f32; n];
             let out_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
-            let mut dst =
-                Image::from_slice_u8(width, height, out_bytes, PixelType::F32x3).map_err(|e| fail(&e))?;
+            let mut dst = Image::from_slice_u8(width, height, out_bytes, kind).map_err(|e| fail(&e))?;
             resizer.resize(&src, &mut dst, &options).map_err(|e| fail(&e))?;
-            Pixels::RgbF32(Cow::Owned(out))
+            float(*channels, out)
         }
     };
     Ok(Plane { width, height, pixels })
 }
 
-/// Writes `plane` as normalised float CHW into `out` (length 3 * height * width), mirrored
-/// left-right when `flip`.
+/// Writes `plane` as normalised float CHW into `out` (length C * height * width, C the channels
+/// of `normalize`), mirrored left-right when `flip`. A gray plane fills every channel.
 pub(crate) fn write_chw(plane: &Plane<'_>, flip: bool, normalize: &Normalize, out: &mut [f32]) -> Result<()> {
     let (w, h) = (plane.width as usize, plane.height as usize);
-    if out.len() != 3 * w * h {
+    let channels = normalize.channels();
+    let given = plane.pixels.channels();
+    if out.len() != channels * w * h || (given != 1 && given != channels) {
         return Err(DataError::Transform(format!(
-            "output buffer of {} floats for a 3x{h}x{w} image",
+            "output buffer of {} floats for a {channels}x{h}x{w} image of {given} channel(s)",
             out.len()
         )));
     }
     // (v / range - mean) / std as one multiply-add.
     let range = match plane.pixels {
-        Pixels::RgbF32(_) => 1.0,
+        Pixels::F32 { .. } => 1.0,
         _ => 255.0,
     };
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (range * normalize.std[c]));
-    let bias: [f32; 3] = std::array::from_fn(|c| -normalize.mean[c] / normalize.std[c]);
-    let (red, rest) = out.split_at_mut(w * h);
-    let (green, blue) = rest.split_at_mut(w * h);
-    let planes = [red, green, blue];
-    for y in 0..h {
-        for x in 0..w {
-            let src = y * w + if flip { w - 1 - x } else { x };
-            let dst = y * w + x;
-            let rgb: [f32; 3] = match &plane.pixels {
-                Pixels::Gray8(p) => [p[src] as f32; 3],
-                Pixels::Rgb8(p) => [p[3 * src] as f32, p[3 * src + 1] as f32, p[3 * src + 2] as f32],
-                Pixels::RgbF32(p) => [p[3 * src], p[3 * src + 1], p[3 * src + 2]],
-            };
-            for c in 0..3 {
-                planes[c][dst] = rgb[c] * scale[c] + bias[c];
-            }
+    for (c, dst) in out.chunks_exact_mut(w * h).enumerate() {
+        let scale = 1.0 / (range * normalize.std[c]);
+        let bias = -normalize.mean[c] / normalize.std[c];
+        // Pixel `i`'s value in this channel (a gray plane gives its one value to every channel).
+        match &plane.pixels {
+            Pixels::Gray8(p) => fill(dst, w, flip, |i| p[i] as f32 * scale + bias),
+            Pixels::Rgb8(p) => fill(dst, w, flip, |i| p[3 * i + c] as f32 * scale + bias),
+            Pixels::F32 { channels: 1, data } => fill(dst, w, flip, |i| data[i] * scale + bias),
+            Pixels::F32 { channels, data } => fill(dst, w, flip, |i| data[channels * i + c] * scale + bias),
         }
     }
     Ok(())
+}
+
+/// Fills one channel's rows of width `w` with `value(source pixel)`, mirrored when `flip`.
+fn fill(dst: &mut [f32], w: usize, flip: bool, value: impl Fn(usize) -> f32) {
+    for (y, row) in dst.chunks_exact_mut(w).enumerate() {
+        for (x, out) in row.iter_mut().enumerate() {
+            *out = value(y * w + if flip { w - 1 - x } else { x });
+        }
+    }
 }

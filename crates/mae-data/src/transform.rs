@@ -1,8 +1,12 @@
 //! The MAE train transform (the paper's and lightly's `MAETransform`) and the eval transform.
 //!
-//! Both produce a normalised float image in CHW layout `[3, size, size]`, whatever the input:
-//! grayscale is replicated to RGB, alpha dropped, 16-bit scaled to [0, 1].
+//! Both produce a normalised float image in CHW layout `[C, size, size]`, C being the number of
+//! channels of their [`Normalize`] (3 by default): for 3, grayscale is replicated to RGB and
+//! alpha dropped; for 1, grayscale stays one channel; for 4, RGBA keeps its alpha. 16-bit and
+//! float images are scaled to [0, 1] in f32 (no 8-bit step). An image that cannot give the
+//! channels asked for (RGB for 1) is an error naming the channels.
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 
 use candle_core::{Device, Tensor};
@@ -14,26 +18,71 @@ use crate::error::{DataError, Result};
 use crate::pixels::{crop, resize, to_plane, write_chw};
 use crate::rng::{below, uniform, unit_f64};
 
-/// Per-channel normalisation `(x - mean) / std` of [0, 1] pixel values.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Per-channel normalisation `(x - mean) / std` of [0, 1] pixel values. It has one mean and one
+/// std per channel, so it also says how many channels a transform produces (see
+/// [`Normalize::channels`]): ImageNet's three for RGB, one for grayscale, four for RGBA.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Normalize {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    pub mean: Cow<'static, [f32]>,
+    pub std: Cow<'static, [f32]>,
 }
 
 impl Normalize {
     /// torchvision's ImageNet statistics, the MAE and lightly default.
-    pub const IMAGENET: Self = Self { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
-    /// No normalisation: pixels stay in [0, 1].
-    pub const IDENTITY: Self = Self { mean: [0.0; 3], std: [1.0; 3] };
+    pub const IMAGENET: Self =
+        Self { mean: Cow::Borrowed(&[0.485, 0.456, 0.406]), std: Cow::Borrowed(&[0.229, 0.224, 0.225]) };
+    /// No normalisation of RGB: pixels stay in [0, 1].
+    pub const IDENTITY: Self = Self { mean: Cow::Borrowed(&[0.0; 3]), std: Cow::Borrowed(&[1.0; 3]) };
 
-    fn check(&self) -> Result<()> {
-        if self.std.iter().chain(&self.mean).any(|v| !v.is_finite()) || self.std.iter().any(|&s| s <= 0.0) {
+    /// Given statistics, one per channel.
+    pub fn new(mean: Vec<f32>, std: Vec<f32>) -> Self {
+        Self { mean: Cow::Owned(mean), std: Cow::Owned(std) }
+    }
+
+    /// No normalisation of `channels` channels.
+    pub fn identity(channels: usize) -> Self {
+        Self::new(vec![0.0; channels], vec![1.0; channels])
+    }
+
+    /// The default of a run without `--mean`/`--std`: ImageNet's for 3 channels; otherwise 0.5
+    /// and 0.25 per channel (which maps [0, 1] to [-2, 2], about ImageNet's spread) until the
+    /// data's own statistics are given (`mae stats`).
+    pub fn default_for(channels: usize) -> Self {
+        if channels == 3 {
+            Self::IMAGENET
+        } else {
+            Self::new(vec![0.5; channels], vec![0.25; channels])
+        }
+    }
+
+    /// The number of channels the transforms produce.
+    pub fn channels(&self) -> usize {
+        self.mean.len()
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.mean.is_empty() || self.mean.len() != self.std.len() {
+            return Err(DataError::Config(format!(
+                "normalisation needs one mean and one std per channel, got {} and {}",
+                self.mean.len(),
+                self.std.len()
+            )));
+        }
+        if self.mean.len() > MAX_CHANNELS {
+            return Err(DataError::Config(format!("{} channels: at most {MAX_CHANNELS}", self.mean.len())));
+        }
+        if self.std.iter().chain(self.mean.iter()).any(|v| !v.is_finite())
+            || self.std.iter().any(|&s| s <= 0.0)
+        {
             return Err(DataError::Config(format!("normalisation {self:?} needs finite values and std > 0")));
         }
         Ok(())
     }
 }
+
+/// Images have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels here; multi-band files
+/// with more are not read yet.
+pub const MAX_CHANNELS: usize = 4;
 
 /// A region of an image, in pixels, as torchvision's `(i, j, h, w)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,22 +96,26 @@ pub struct CropBox {
 /// A per-sample image transform run by the loader's workers. `rng` is the sample's own keyed
 /// generator (see [`crate::sample_rng`]); deterministic transforms ignore it.
 pub trait Transform: Send + Sync + Debug {
-    /// Output (height, width); the output has 3 channels.
+    /// Output (height, width).
     fn output_size(&self) -> (usize, usize);
+
+    /// Output channels.
+    fn channels(&self) -> usize;
 
     /// Checks the parameters; the loader calls it once before starting.
     fn check(&self) -> Result<()>;
 
-    /// Writes the transformed image as CHW floats into `out` (length 3 * height * width).
+    /// Writes the transformed image as CHW floats into `out` (length channels * height * width).
     fn apply_into(&self, image: &DynamicImage, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()>;
 
     /// The transformed image as a `[3, H, W]` CPU tensor.
     fn apply(&self, image: &DynamicImage, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         self.check()?;
         let (h, w) = self.output_size();
-        let mut out = vec![0f32; 3 * h * w];
+        let c = self.channels();
+        let mut out = vec![0f32; c * h * w];
         self.apply_into(image, rng, &mut out)?;
-        Ok(Tensor::from_vec(out, (3, h, w), &Device::Cpu)?)
+        Ok(Tensor::from_vec(out, (c, h, w), &Device::Cpu)?)
     }
 }
 
@@ -124,6 +177,11 @@ impl MaeTrainTransform {
             normalize: Normalize::IMAGENET,
         }
     }
+
+    /// The transform with `normalize` (which also sets the number of channels).
+    pub fn with_normalize(self, normalize: Normalize) -> Self {
+        Self { normalize, ..self }
+    }
 }
 
 fn check_size(size: usize) -> Result<()> {
@@ -136,6 +194,10 @@ fn check_size(size: usize) -> Result<()> {
 impl Transform for MaeTrainTransform {
     fn output_size(&self) -> (usize, usize) {
         (self.size, self.size)
+    }
+
+    fn channels(&self) -> usize {
+        self.normalize.channels()
     }
 
     fn check(&self) -> Result<()> {
@@ -154,7 +216,7 @@ impl Transform for MaeTrainTransform {
     }
 
     fn apply_into(&self, image: &DynamicImage, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
-        let plane = to_plane(image);
+        let plane = to_plane(image, self.channels())?;
         let crop_box = random_resized_crop_params(plane.width, plane.height, self.scale, self.ratio, rng);
         // Draw the flip after the crop, in torchvision's order.
         let flip = unit_f64(rng) < self.hflip;
@@ -179,6 +241,11 @@ pub struct EvalTransform {
 impl EvalTransform {
     pub fn new(size: usize) -> Self {
         Self { size, crop_pct: 0.875, normalize: Normalize::IMAGENET }
+    }
+
+    /// The transform with `normalize` (which also sets the number of channels).
+    pub fn with_normalize(self, normalize: Normalize) -> Self {
+        Self { normalize, ..self }
     }
 
     /// The resized (width, height) for an input of `width` x `height`, as torchvision's
@@ -213,6 +280,10 @@ impl Transform for EvalTransform {
         (self.size, self.size)
     }
 
+    fn channels(&self) -> usize {
+        self.normalize.channels()
+    }
+
     fn check(&self) -> Result<()> {
         check_size(self.size)?;
         if !(self.crop_pct > 0.0 && self.crop_pct <= 1.0) {
@@ -222,7 +293,7 @@ impl Transform for EvalTransform {
     }
 
     fn apply_into(&self, image: &DynamicImage, _rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
-        let whole = to_plane(image);
+        let whole = to_plane(image, self.channels())?;
         let plane = crop(&whole, middle_strip(whole.width, whole.height))?;
         let (w, h) = self.resized_size(plane.width, plane.height);
         let resized = resize(&plane, w, h)?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use mae_data::{Batch, Dataset, EvalTransform, Loader, LoaderConfig};
+use mae_data::{Batch, Dataset, Loader, LoaderConfig};
 use mae_train::{Hooks, ParamOptions, TrainError, Trainable};
 use mae_vit::layers::{LayerNorm, ResidualKeep};
 use mae_vit::{Pool, PosEmbed, VisionTransformer, VitConfig};
@@ -222,9 +222,8 @@ impl Classifier {
     /// Top-1 / top-5 on `dataset` through the evaluation transform.
     pub fn evaluate(&self, dataset: Arc<dyn Dataset>, batch_size: usize, workers: usize) -> Result<Accuracy> {
         let what = dataset.describe();
-        let size = self.config.image_size[0];
         let config = LoaderConfig { workers, ..LoaderConfig::eval(batch_size.max(1)) };
-        let loader = Loader::new(dataset, Arc::new(EvalTransform::new(size)), config)
+        let loader = Loader::new(dataset, Arc::new(crate::eval_transform(&self.config)), config)
             .map_err(|e| MaeError::Config(e.to_string()))?;
         let mut acc = AccuracyCounter::default();
         for batch in loader.iter_epoch(0).map_err(|e| MaeError::Config(e.to_string()))? {

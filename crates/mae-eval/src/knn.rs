@@ -106,9 +106,8 @@ pub fn extract_features(
     batch_size: usize,
     workers: usize,
 ) -> Result<(Tensor, Vec<u32>)> {
-    let size = encoder.config().image_size[0];
     let device = encoder.pos_embed().device();
-    let transform: Arc<dyn Transform> = Arc::new(EvalTransform::new(size));
+    let transform: Arc<dyn Transform> = Arc::new(crate::eval_transform(encoder.config()));
     let loader = Loader::new(dataset, transform, LoaderConfig { workers, ..LoaderConfig::eval(batch_size) })
         .map_err(|e| MaeError::Config(e.to_string()))?;
     let mut features = Vec::new();

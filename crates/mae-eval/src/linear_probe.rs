@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use mae_data::{Dataset, EvalTransform, Loader, LoaderConfig, Transform};
+use mae_data::{Dataset, Loader, LoaderConfig, Transform};
 use mae_train::{BatchSource, Hooks, TrainError, Trainable};
 use mae_vit::{Pool, VisionTransformer};
 
@@ -64,8 +64,7 @@ pub fn encode_dataset(
     if !dataset.is_labeled() {
         return Err(MaeError::Config(format!("{} has no labels: a probe needs classes", dataset.describe())));
     }
-    let size = vit.config().image_size[0];
-    let transform: Arc<dyn Transform> = Arc::new(EvalTransform::new(size));
+    let transform: Arc<dyn Transform> = Arc::new(crate::eval_transform(vit.config()));
     let what = dataset.describe();
     let config = LoaderConfig { workers, ..LoaderConfig::eval(batch_size.max(1)) };
     let loader = Loader::new(dataset, transform, config).map_err(data_err)?;

@@ -11,17 +11,18 @@ use mae_patch::{patchify, unpatchify, MaskPlan};
 use crate::error::{MaeError, Result};
 use crate::model::MaskedAutoencoder;
 
-/// Per-channel normalisation that was applied to the pixels, to undo for display.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Per-channel normalisation that was applied to the pixels, to undo for display: one mean and
+/// std per channel (a single pair applies to every channel).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Denormalize {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 impl Default for Denormalize {
     /// ImageNet statistics, the MAE transform's default.
     fn default() -> Self {
-        Self { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+        Self { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] }
     }
 }
 
@@ -64,7 +65,14 @@ pub fn reconstruct(model: &MaskedAutoencoder, pixels: &Tensor, plan: &MaskPlan) 
     })
 }
 
-/// `[C, H, W]` normalised pixels -> an RGB picture (grayscale models are shown in grey).
+/// Channel `c`'s entry of a per-channel statistic (its only one when it has one; `missing` when
+/// it has none).
+fn stat(values: &[f32], c: usize, missing: f32) -> f32 {
+    values.get(c).or(values.last()).copied().unwrap_or(missing)
+}
+
+/// `[C, H, W]` normalised pixels -> an RGB picture (grayscale models are shown in grey, RGBA
+/// without its alpha).
 fn to_rgb(img: &Tensor, denorm: &Denormalize) -> Result<RgbImage> {
     let (c, h, w) = img.dims3()?;
     let data = img.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -73,8 +81,10 @@ fn to_rgb(img: &Tensor, denorm: &Denormalize) -> Result<RgbImage> {
         for x in 0..w {
             let mut px = [0u8; 3];
             for (ch, v) in px.iter_mut().enumerate() {
-                let src = ch.min(c - 1);
-                let value = data[src * h * w + y * w + x] * denorm.std[src % 3] + denorm.mean[src % 3];
+                // RGB(A) shows its first three channels; gray (+ alpha) shows its first in grey.
+                let src = if c >= 3 { ch } else { 0 };
+                let (std, mean) = (stat(&denorm.std, src, 1.0), stat(&denorm.mean, src, 0.0));
+                let value = data[src * h * w + y * w + x] * std + mean;
                 *v = (value.clamp(0.0, 1.0) * 255.0).round() as u8;
             }
             out.put_pixel(x as u32, y as u32, Rgb(px));

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use mae::pretrain::LoaderSource;
-use mae_data::{Loader, LoaderConfig, MaeTrainTransform};
+use mae_data::{Loader, LoaderConfig, MaeTrainTransform, Normalize};
 use mae_eval::finetune::{Classifier, FineTune, FineTuneHooks};
 use mae_train::Trainer;
 
@@ -29,7 +29,8 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let size = square_size(encoder.config())?;
     let splits = Splits::open(settings, size)?;
     let workers = args.run.workers_or_cores();
-    let loader = training_loader(&splits, settings, &recipe, size, workers)?;
+    let normalize = mae_data::Normalize::default_for(encoder.config().in_channels);
+    let loader = training_loader(&splits, settings, &recipe, (size, normalize), workers)?;
     let steps_per_epoch = loader.batches_per_epoch() / recipe.accum;
     run.create_run_dir()?;
     let schedule = run.lr_schedule(steps_per_epoch)?;
@@ -78,7 +79,7 @@ fn training_loader(
     splits: &Splits,
     settings: &Settings,
     recipe: &FinetuneRecipe,
-    size: usize,
+    (size, normalize): (usize, Normalize),
     workers: usize,
 ) -> Result<Loader> {
     let loader_cfg =
@@ -86,7 +87,7 @@ fn training_loader(
     let transform = MaeTrainTransform {
         scale: (recipe.crop_min, 1.0),
         hflip: recipe.hflip,
-        ..MaeTrainTransform::new(size)
+        ..MaeTrainTransform::new(size).with_normalize(normalize)
     };
     let loader = Loader::new(splits.train.clone(), Arc::new(transform), loader_cfg)
         .with_context(|| format!("--train {} with --batch-size {}", settings.train, settings.batch_size))?;

@@ -5,6 +5,7 @@
 #[path = "../../../mae/tests/it/common/mod.rs"]
 mod common;
 
+mod channels;
 mod classify;
 mod cli;
 mod distributed;

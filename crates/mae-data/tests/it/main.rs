@@ -2,6 +2,7 @@
 //! for this crate instead of one per file.
 
 mod broken;
+mod channels;
 mod common;
 mod formats;
 #[cfg(feature = "hf")]

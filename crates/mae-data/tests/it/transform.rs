@@ -145,7 +145,7 @@ fn transform_parameters_are_checked() {
         Box::new(MaeTrainTransform { hflip: 1.5, ..MaeTrainTransform::new(8) }),
         Box::new(EvalTransform { crop_pct: 0.0, ..EvalTransform::new(8) }),
         Box::new(EvalTransform {
-            normalize: Normalize { mean: [0.0; 3], std: [0.0; 3] },
+            normalize: Normalize::new(vec![0.0; 3], vec![0.0; 3]),
             ..EvalTransform::new(8)
         }),
     ];
