@@ -46,9 +46,9 @@ pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
         model = MaskedAutoencoder::from_tensors(&config, model.state_dict(), "--weights", &device)?;
     }
     let size = model.config().image_size[0];
-    // The default normalisation of the model's channel count (a run's own --mean/--std are not
-    // read back here yet).
-    let normalize = mae_data::Normalize::default_for(model.config().in_channels);
+    let channels = model.config().in_channels;
+    let normalize = util::run_normalize(Some(&args.weights), channels)
+        .unwrap_or_else(|| mae_data::Normalize::default_for(channels));
     let transform = mae_data::EvalTransform::new(size).with_normalize(normalize.clone());
     let limits = mae_data::DecodeLimits::default();
     let mut images = Vec::new();
@@ -97,8 +97,15 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
     let encoder = util::load_or_init_encoder(Some(&args.weights), None, 0, &device)?;
     let dataset = util::open_dataset(&args.data, "--data", encoder.config().image_size[0])?;
-    let (features, labels) =
-        mae_eval::extract_features(encoder.vit(), dataset, args.pool.into(), args.batch_size, cores())?;
+    let normalize = util::run_normalize(Some(&args.weights), encoder.config().in_channels);
+    let transform = mae_eval::eval_transform(encoder.vit().config(), normalize.as_ref());
+    let (features, labels) = mae_eval::extract_features_with(
+        encoder.vit(),
+        dataset,
+        args.pool.into(),
+        (args.batch_size, cores()),
+        transform,
+    )?;
     let mut out = HashMap::from([("features".to_string(), features.clone())]);
     if labels.len() == features.dim(0)? {
         out.insert("labels".to_string(), Tensor::from_vec(labels.clone(), labels.len(), &Device::Cpu)?);
@@ -176,6 +183,7 @@ pub fn knn(args: KnnArgs) -> Result<()> {
         k: args.k,
         temperature: args.temperature,
         pool: args.pool.into(),
+        normalize: util::run_normalize(weights, encoder.config().in_channels),
     };
     let r = if args.raw_pixels {
         let (train, train_labels) = mae_eval::raw_pixels(monitor.train.clone(), size, cores())?;

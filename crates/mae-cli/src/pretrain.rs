@@ -253,6 +253,7 @@ fn pretrain_hooks(cfg: &Pretrain, data: &TrainingData, is_main: bool) -> Result<
             k: 20,
             temperature: 0.07,
             pool: mae::Pool::Mean,
+            normalize: Some(cfg.normalize()),
         }))
     } else {
         None

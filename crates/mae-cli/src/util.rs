@@ -96,6 +96,36 @@ fn cuda_device(index: usize) -> candle_core::Result<Device> {
     Ok(device)
 }
 
+/// The pixel statistics (`--mean`/`--std`) of the `mae pretrain` run that `weights` come from
+/// (a run folder, a checkpoint folder in it, or a file of one: its `config.toml` is found up to
+/// three folders up), when they fit `channels`. `None` for other weights (hub ids, exports,
+/// runs that used the defaults): their evaluation uses the default of their channel count.
+pub fn run_normalize(weights: Option<&Path>, channels: usize) -> Option<mae_data::Normalize> {
+    #[derive(serde::Deserialize)]
+    struct Stats {
+        mean: Option<Vec<f32>>,
+        std: Option<Vec<f32>>,
+    }
+    let path = weights?;
+    let start = if path.is_file() { path.parent()? } else { path };
+    let file = start.ancestors().take(4).map(|dir| dir.join("config.toml")).find(|f| f.is_file())?;
+    let stats: Stats = toml::from_str(&std::fs::read_to_string(&file).ok()?).ok()?;
+    let (mean, std) = (stats.mean?, stats.std?);
+    let normalize = mae_data::Normalize::new(mean, std);
+    if normalize.channels() != channels || normalize.std.len() != channels {
+        return None;
+    }
+    if normalize != mae_data::Normalize::default_for(channels) {
+        eprintln!(
+            "mae: normalising pixels with the run's --mean {:?} --std {:?} ({})",
+            normalize.mean,
+            normalize.std,
+            file.display()
+        );
+    }
+    Some(normalize)
+}
+
 /// The encoder to evaluate, the one way every command gets it: the encoder of `--weights`
 /// (anything [`load_model`] reads, and encoder-only weights: timm's MAE tags, Hugging Face ViT, the
 /// paper's `mae_pretrain_*.pth`, a `mae finetune` run), or with `--preset` instead a freshly

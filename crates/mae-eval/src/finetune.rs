@@ -123,9 +123,16 @@ pub struct Classifier {
     head: LinearHead,
     pool: Pool,
     device: Device,
+    /// The pixel statistics of the encoder's pre-training (evaluation); `None`: the default.
+    normalize: Option<mae_data::Normalize>,
 }
 
 impl Classifier {
+    /// The classifier evaluating with `normalize` (the statistics its encoder was trained with).
+    pub fn with_normalize(self, normalize: Option<mae_data::Normalize>) -> Self {
+        Self { normalize, ..self }
+    }
+
     /// A head for `num_classes` on `encoder`: `fc_norm` at identity, the linear weight
     /// trunc-normal with std 2e-5 and a zero bias, as the paper's fine-tuning starts.
     pub fn new(encoder: Encoder, num_classes: usize, pool: Pool, seed: u64) -> Result<Self> {
@@ -143,7 +150,7 @@ impl Classifier {
         }
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let fc_norm = LayerNorm::new(d, config.layer_norm_eps, vb.pp("fc_norm"))?;
-        Ok(Self { vit, config, varmap, fc_norm, head, pool, device })
+        Ok(Self { vit, config, varmap, fc_norm, head, pool, device, normalize: None })
     }
 
     pub fn config(&self) -> &VitConfig {
@@ -223,8 +230,12 @@ impl Classifier {
     pub fn evaluate(&self, dataset: Arc<dyn Dataset>, batch_size: usize, workers: usize) -> Result<Accuracy> {
         let what = dataset.describe();
         let config = LoaderConfig { workers, ..LoaderConfig::eval(batch_size.max(1)) };
-        let loader = Loader::new(dataset, Arc::new(crate::eval_transform(&self.config)), config)
-            .map_err(|e| MaeError::Config(e.to_string()))?;
+        let loader = Loader::new(
+            dataset,
+            Arc::new(crate::eval_transform(&self.config, self.normalize.as_ref())),
+            config,
+        )
+        .map_err(|e| MaeError::Config(e.to_string()))?;
         let mut acc = AccuracyCounter::default();
         for batch in loader.iter_epoch(0).map_err(|e| MaeError::Config(e.to_string()))? {
             let batch = batch.map_err(|e| MaeError::Config(e.to_string()))?;

@@ -86,6 +86,8 @@ pub struct KnnMonitor {
     pub k: usize,
     pub temperature: f64,
     pub pool: mae_vit::Pool,
+    /// The pixel statistics of the encoder's pre-training; `None`: the default of its channels.
+    pub normalize: Option<mae_data::Normalize>,
 }
 
 impl EpochProbe for KnnMonitor {
@@ -98,7 +100,8 @@ impl EpochProbe for KnnMonitor {
     }
 }
 
-/// Pooled encoder features of every sample of `dataset` (eval transform), with labels.
+/// Pooled encoder features of every sample of `dataset` (eval transform with the default
+/// statistics of the encoder's channels), with labels.
 pub fn extract_features(
     encoder: &mae_vit::VisionTransformer,
     dataset: Arc<dyn Dataset>,
@@ -106,8 +109,20 @@ pub fn extract_features(
     batch_size: usize,
     workers: usize,
 ) -> Result<(Tensor, Vec<u32>)> {
+    let transform = crate::eval_transform(encoder.config(), None);
+    extract_features_with(encoder, dataset, pool, (batch_size, workers), transform)
+}
+
+/// [`extract_features`] through `transform` (a run's own normalisation).
+pub fn extract_features_with(
+    encoder: &mae_vit::VisionTransformer,
+    dataset: Arc<dyn Dataset>,
+    pool: mae_vit::Pool,
+    (batch_size, workers): (usize, usize),
+    transform: EvalTransform,
+) -> Result<(Tensor, Vec<u32>)> {
     let device = encoder.pos_embed().device();
-    let transform: Arc<dyn Transform> = Arc::new(crate::eval_transform(encoder.config()));
+    let transform: Arc<dyn Transform> = Arc::new(transform);
     let loader = Loader::new(dataset, transform, LoaderConfig { workers, ..LoaderConfig::eval(batch_size) })
         .map_err(|e| MaeError::Config(e.to_string()))?;
     let mut features = Vec::new();
@@ -153,8 +168,11 @@ pub fn raw_pixels(dataset: Arc<dyn Dataset>, size: usize, workers: usize) -> Res
 /// k-NN top-1 of an encoder's features on a monitor's splits.
 pub fn knn_accuracy(encoder: &mae_vit::VisionTransformer, knn: &KnnMonitor) -> Result<KnnResult> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (train, train_labels) = extract_features(encoder, knn.train.clone(), knn.pool, 128, workers)?;
-    let (test, test_labels) = extract_features(encoder, knn.test.clone(), knn.pool, 128, workers)?;
+    let transform = || crate::eval_transform(encoder.config(), knn.normalize.as_ref());
+    let (train, train_labels) =
+        extract_features_with(encoder, knn.train.clone(), knn.pool, (128, workers), transform())?;
+    let (test, test_labels) =
+        extract_features_with(encoder, knn.test.clone(), knn.pool, (128, workers), transform())?;
     let classes = knn.train.class_names().len().max(1);
     knn_classify(&train, &train_labels, &test, &test_labels, classes, knn.k, knn.temperature)
 }

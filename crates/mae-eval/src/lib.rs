@@ -18,14 +18,21 @@ pub mod head;
 pub mod knn;
 pub mod linear_probe;
 
-/// The evaluation transform of an encoder: its image size, and the default normalisation of its
-/// channel count (ImageNet's for RGB; see `mae_data::Normalize::default_for`).
-pub fn eval_transform(config: &mae_vit::VitConfig) -> mae_data::EvalTransform {
-    mae_data::EvalTransform::new(config.image_size[0])
-        .with_normalize(mae_data::Normalize::default_for(config.in_channels))
+/// The evaluation transform of an encoder: its image size, and `normalize` (the statistics its
+/// pre-training used), else the default of its channel count (ImageNet's for RGB; see
+/// `mae_data::Normalize::default_for`).
+pub fn eval_transform(
+    config: &mae_vit::VitConfig,
+    normalize: Option<&mae_data::Normalize>,
+) -> mae_data::EvalTransform {
+    let normalize =
+        normalize.cloned().unwrap_or_else(|| mae_data::Normalize::default_for(config.in_channels));
+    mae_data::EvalTransform::new(config.image_size[0]).with_normalize(normalize)
 }
 
-pub use knn::{extract_features, knn_accuracy, knn_classify, raw_pixels, KnnMonitor, KnnResult};
+pub use knn::{
+    extract_features, extract_features_with, knn_accuracy, knn_classify, raw_pixels, KnnMonitor, KnnResult,
+};
 
 use candle_core::{DType, Device, Tensor, D};
 use rand::SeedableRng;

@@ -61,10 +61,23 @@ pub fn encode_dataset(
     workers: usize,
     device: &Device,
 ) -> Result<FeatureSet> {
+    let transform = crate::eval_transform(vit.config(), None);
+    encode_dataset_with(vit, dataset, pool, (batch_size, workers), device, transform)
+}
+
+/// [`encode_dataset`] through `transform` (a run's own normalisation).
+pub fn encode_dataset_with(
+    vit: &VisionTransformer,
+    dataset: Arc<dyn Dataset>,
+    pool: Pool,
+    (batch_size, workers): (usize, usize),
+    device: &Device,
+    transform: mae_data::EvalTransform,
+) -> Result<FeatureSet> {
     if !dataset.is_labeled() {
         return Err(MaeError::Config(format!("{} has no labels: a probe needs classes", dataset.describe())));
     }
-    let transform: Arc<dyn Transform> = Arc::new(crate::eval_transform(vit.config()));
+    let transform: Arc<dyn Transform> = Arc::new(transform);
     let what = dataset.describe();
     let config = LoaderConfig { workers, ..LoaderConfig::eval(batch_size.max(1)) };
     let loader = Loader::new(dataset, transform, config).map_err(data_err)?;

@@ -29,8 +29,8 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let size = square_size(encoder.config())?;
     let splits = Splits::open(settings, size)?;
     let workers = args.run.workers_or_cores();
-    let normalize = mae_data::Normalize::default_for(encoder.config().in_channels);
-    let loader = training_loader(&splits, settings, &recipe, (size, normalize), workers)?;
+    let normalize = run.normalize(encoder.config().in_channels);
+    let loader = training_loader(&splits, settings, &recipe, (size, normalize.clone()), workers)?;
     let steps_per_epoch = loader.batches_per_epoch() / recipe.accum;
     run.create_run_dir()?;
     let schedule = run.lr_schedule(steps_per_epoch)?;
@@ -48,7 +48,8 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     );
     let config = run.trainer_config(&args.run, schedule, steps_per_epoch)?;
     let task = FineTune {
-        classifier: Classifier::new(encoder, splits.classes, settings.pool.into(), settings.seed)?,
+        classifier: Classifier::new(encoder, splits.classes, settings.pool.into(), settings.seed)?
+            .with_normalize(Some(normalize)),
         seed: settings.seed,
         drop_path: recipe.drop_path,
         label_smoothing: recipe.label_smoothing,

@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use mae::Encoder;
-use mae_eval::linear_probe::{encode_dataset, FeatureBatches, FeatureSet, LinearProbe, ProbeHooks};
+use mae_data::Normalize;
+use mae_eval::linear_probe::{encode_dataset_with, FeatureBatches, FeatureSet, LinearProbe, ProbeHooks};
 use mae_train::Trainer;
 
 use super::run::{report, square_size, Splits, Start};
@@ -25,8 +26,13 @@ pub fn linear_probe(args: LinearProbeArgs) -> Result<()> {
     let device = util::parse_device(args.run.device_or_cpu())?;
     let encoder = run.encoder(&device)?;
     let splits = Splits::open(settings, square_size(encoder.config())?)?;
-    let (train_set, test_set) =
-        encode_splits(&encoder, &splits, settings, args.run.workers_or_cores(), &device)?;
+    let (train_set, test_set) = encode_splits(
+        &encoder,
+        (&splits, run.normalize(encoder.config().in_channels)),
+        settings,
+        args.run.workers_or_cores(),
+        &device,
+    )?;
     let encode_s = t0.elapsed().as_secs_f64();
     run.create_run_dir()?;
     let steps_per_epoch = train_set.len() / settings.batch_size;
@@ -62,7 +68,7 @@ pub fn linear_probe(args: LinearProbeArgs) -> Result<()> {
 /// Both splits through the frozen encoder, once; at least one batch of training features.
 fn encode_splits(
     encoder: &Encoder,
-    splits: &Splits,
+    (splits, normalize): (&Splits, Normalize),
     settings: &Settings,
     workers: usize,
     device: &Device,
@@ -75,7 +81,10 @@ fn encode_splits(
         settings.pool
     );
     let pool = settings.pool.into();
-    let encode = |dataset| encode_dataset(encoder.vit(), dataset, pool, ENCODE_BATCH, workers, device);
+    let transform = mae_eval::eval_transform(encoder.config(), Some(&normalize));
+    let encode = |dataset| {
+        encode_dataset_with(encoder.vit(), dataset, pool, (ENCODE_BATCH, workers), device, transform.clone())
+    };
     let train_set = encode(train.clone()).context("--train")?;
     let test_set = encode(test.clone()).context("--test")?;
     if train_set.len() < settings.batch_size {

@@ -99,6 +99,13 @@ impl Start {
         util::load_or_init_encoder(s.weights.as_deref(), s.preset.as_deref(), s.seed, device)
     }
 
+    /// The pixel statistics of the pre-training run of `--weights` (see [`util::run_normalize`]),
+    /// else the default of the encoder's `channels`.
+    pub fn normalize(&self, channels: usize) -> mae_data::Normalize {
+        util::run_normalize(self.settings.weights.as_deref(), channels)
+            .unwrap_or_else(|| mae_data::Normalize::default_for(channels))
+    }
+
     /// Warm-up then cosine over the run, with `steps_per_epoch`.
     pub fn lr_schedule(&self, steps_per_epoch: usize) -> Result<LrSchedule> {
         let s = &self.settings;

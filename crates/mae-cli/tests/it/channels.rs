@@ -1,7 +1,7 @@
 //! Images other than RGB through every command: a folder of 16-bit grayscale PNGs pre-trained
 //! with `--in-channels 1` (and its own --mean/--std), a folder of 16-bit RGBA TIFFs with
-//! `--in-channels 4`, then reconstruct, embed and k-NN on the weights; and the errors of images
-//! or statistics that do not fit the channel count.
+//! `--in-channels 4`, then reconstruct, embed and k-NN on the weights (with the run's own
+//! statistics); and the errors of images or statistics that do not fit the channel count.
 
 use std::path::Path;
 
@@ -71,7 +71,11 @@ fn gray_and_rgba_16_bit_folders_pretrain_and_serve_every_command() {
     for (run, data, image) in [("g", "folder:gray", "gray/c0/0.png"), ("r", "folder:rgba", "rgba/c1/2.tif")] {
         run_ok(&["reconstruct", "--weights", run, "--image", image, "--out", "rec.png"], dir.path());
         assert!(dir.path().join("rec.png").is_file());
-        run_ok(&["embed", "--weights", run, "--data", data, "--out", "e.safetensors"], dir.path());
+        let embed =
+            run_ok(&["embed", "--weights", run, "--data", data, "--out", "e.safetensors"], dir.path());
+        // The gray run's own statistics are read back from its config.toml; the RGBA run used
+        // the defaults, and says nothing.
+        assert_eq!(embed.contains("the run's --mean [0.4] --std [0.3]"), run == "g", "{embed}");
         let o = mae(
             &["knn", "--weights", run, "--train", data, "--test", data, "--k", "3", "--json"],
             dir.path(),
