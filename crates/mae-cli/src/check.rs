@@ -29,6 +29,7 @@ where
         Command::Finetune(args) => classify(FINETUNE, &args.classify, Some(&args)),
         Command::Knn(args) => args.check(),
         Command::Bench(args) => args.check(),
+        Command::Stats(args) => args.check(),
         Command::Reconstruct(_) | Command::Embed(_) | Command::Info(_) | Command::Export(_) => Ok(()),
     }
 }

@@ -14,6 +14,7 @@ mod pretrain;
 mod recipe;
 mod run_folder;
 mod settings;
+mod stats;
 
 pub mod check;
 mod util;
@@ -62,6 +63,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write weights for timm, Hugging Face transformers, or as ours (docs/weights.md).
     Export(export::ExportArgs),
+    /// Per-channel mean and std of a dataset's pixels, printed as the --mean/--std flags of pretrain.
+    Stats(stats::StatsArgs),
 }
 
 /// Everything `mae` does after the allocator is chosen: parse the command line, run it, and
@@ -88,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Info(args) => commands::info(args),
         Command::Bench(args) => bench::bench(args),
         Command::Export(args) => export::export(args),
+        Command::Stats(args) => stats::stats(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

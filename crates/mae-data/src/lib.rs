@@ -34,6 +34,7 @@ mod pixels;
 mod rng;
 mod sampler;
 mod spec;
+mod stats;
 mod synthetic;
 mod transform;
 
@@ -51,9 +52,10 @@ pub use mnist::Mnist;
 pub use rng::{permutation, sample_rng, sample_seed, stream};
 pub use sampler::SamplerConfig;
 pub use spec::{open, DataSpec, OpenOptions, Split, SYNTHETIC_DEFAULT_COUNT};
+pub use stats::{pixel_stats, PixelStats, StatsOptions};
 pub use synthetic::{draw_shape, SyntheticShapes, SHAPES};
 pub use transform::{
-    random_resized_crop_params, CropBox, EvalTransform, MaeTrainTransform, Normalize, Transform,
+    random_resized_crop_params, CropBox, EvalTransform, MaeTrainTransform, Normalize, Transform, MAX_CHANNELS,
 };
 
 /// The image crate this one decodes with, for `Sample::image` (`DynamicImage`).

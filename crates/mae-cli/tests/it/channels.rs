@@ -66,6 +66,12 @@ fn gray_and_rgba_16_bit_folders_pretrain_and_serve_every_command() {
     run_ok(&[&gray[..], &["--out", "g"]].concat(), dir.path());
     let config = std::fs::read_to_string(dir.path().join("g/config.toml")).unwrap();
     assert!(config.contains("in_channels = 1") && config.contains("mean = [0.4]"), "{config}");
+    // `mae stats` prints the flags of the folder's own statistics, which pretrain takes as they are.
+    let o = mae(&["stats", "--data", "folder:gray", "--in-channels", "1", "--img-size", "32"], dir.path());
+    let flags = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(o.status.success() && flags.starts_with("--in-channels 1 --mean 0.4"), "{flags} {}", stderr(&o));
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    run_ok(&[RUN, &["--data", "folder:gray", "--out", "s"], &flags].concat(), dir.path());
     let rgba = [RUN, &["--data", "folder:rgba", "--in-channels", "4", "--out", "r"]].concat();
     run_ok(&rgba, dir.path());
     for (run, data, image) in [("g", "folder:gray", "gray/c0/0.png"), ("r", "folder:rgba", "rgba/c1/2.tif")] {

@@ -254,8 +254,18 @@ fn flag_names(args: &[&str]) -> Vec<String> {
 /// purpose only, with `MAE_UPDATE_SNAPSHOT=1`.
 #[test]
 fn flag_names_match_the_snapshot() {
-    let subcommands =
-        ["pretrain", "reconstruct", "embed", "knn", "linear-probe", "finetune", "info", "bench", "export"];
+    let subcommands = [
+        "pretrain",
+        "reconstruct",
+        "embed",
+        "knn",
+        "linear-probe",
+        "finetune",
+        "info",
+        "bench",
+        "export",
+        "stats",
+    ];
     let mut lines = vec![format!("mae: {}", flag_names(&["--help"]).join(" "))];
     for sub in subcommands {
         lines.push(format!("mae {sub}: {}", flag_names(&[sub, "--help"]).join(" ")));

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, Rgba};
 use mae_data::{
-    decode_image, sample_rng, DataError, DecodeLimits, EvalTransform, ImageFolder, Loader, LoaderConfig,
-    MaeTrainTransform, Normalize, Transform,
+    decode_image, pixel_stats, sample_rng, DataError, DecodeLimits, EvalTransform, ImageFolder, Loader,
+    LoaderConfig, MaeTrainTransform, Normalize, StatsOptions, SyntheticShapes, Transform,
 };
 
 use crate::common::{encode, values, write};
@@ -102,4 +102,28 @@ fn the_loader_names_the_file_whose_channels_do_not_fit() {
     let loader = Loader::new(folder, transform, config).unwrap();
     let err = loader.iter_epoch(0).unwrap().find_map(|b| b.err()).expect("an error");
     assert!(err.to_string().contains("b.png") && err.to_string().contains("Rgb8"), "{err}");
+}
+
+#[test]
+fn pixel_stats_are_exact_on_flat_images_and_the_same_bits_on_any_number_of_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, v) in [("a.png", 13107u16), ("b.png", 39321)] {
+        let flat = DynamicImage::ImageLuma16(ImageBuffer::from_pixel(8, 8, Luma([v])));
+        write(&dir.path().join(name), &encode(&flat, ImageFormat::Png));
+    }
+    let folder = Arc::new(ImageFolder::open(dir.path(), DecodeLimits::default()).unwrap());
+    let options = StatsOptions { size: 8, channels: 1, workers: 0, limit: None };
+    let stats = pixel_stats(folder, &options, |_| {}).unwrap();
+    assert_eq!((stats.images, stats.skipped), (2, 0));
+    assert!((stats.mean[0] - 0.4).abs() < 1e-6 && (stats.std[0] - 0.2).abs() < 1e-6, "{stats:?}");
+
+    let shapes = || -> Arc<dyn mae_data::Dataset> {
+        Arc::new(SyntheticShapes::new(100, 32, 5, mae_data::Split::Train).unwrap())
+    };
+    let with = |workers| StatsOptions { size: 24, channels: 3, workers, limit: Some(90) };
+    let one = pixel_stats(shapes(), &with(0), |_| {}).unwrap();
+    let two = pixel_stats(shapes(), &with(2), |_| {}).unwrap();
+    assert_eq!(one, two);
+    assert_eq!(one.images, 90);
+    assert!(one.mean.iter().chain(&one.std).all(|v| (0.01..0.99).contains(v)), "{one:?}");
 }

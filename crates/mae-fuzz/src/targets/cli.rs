@@ -97,6 +97,8 @@ const COMMAND_LINES: &[&str] = &[
     "embed --weights runs/x --data synthetic:8 --out e.safetensors",
     "info --presets --json",
     "export --weights runs/x --format timm --out w.safetensors",
+    "stats --data synthetic:8 --in-channels 1 --img-size 32 --limit 4 --json",
+    "pretrain --in-channels 1 --mean 0.2 --std 0.3 --steps 2",
 ];
 
 fn cli_seeds() -> Vec<Seed> {
