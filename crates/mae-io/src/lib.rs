@@ -10,6 +10,7 @@
 //! - [`io`]: our safetensors files, atomic writes; [`export`]: timm and Hugging Face folders.
 //! - [`config`]: [`MaeConfig`] and the presets (the shape every format maps to).
 
+pub mod channels;
 pub mod config;
 pub mod error;
 pub mod export;

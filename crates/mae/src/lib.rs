@@ -12,6 +12,7 @@
 //! # Ok::<(), mae::MaeError>(())
 //! ```
 
+mod adapt;
 mod encoder;
 pub mod init;
 mod model;
@@ -21,7 +22,7 @@ pub mod visualize;
 
 // Weight I/O lives below the model, in `mae-io`; its modules keep their paths here
 // (`mae::formats`, `mae::hub`, ...) for code written against them.
-pub use mae_io::{config, error, formats, hub, io, naming};
+pub use mae_io::{channels, config, error, formats, hub, io, naming};
 /// Writing weights for timm and transformers (`mae-io`), and [`export`](pretrained::export)
 /// from anything `from_pretrained` reads.
 pub mod export {

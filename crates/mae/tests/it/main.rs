@@ -4,6 +4,7 @@
 
 mod common;
 
+mod channels;
 mod export;
 mod gradients;
 mod hub;
