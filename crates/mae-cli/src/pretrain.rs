@@ -31,17 +31,46 @@ const PREVIEW_IMAGES: usize = 8;
 const SAMPLES_ENV: &str = "MAE_DEBUG_SAMPLES";
 
 pub fn run(args: PretrainArgs, world: Rc<dyn Collective>) -> Result<()> {
-    let (cfg, resume_from) = match &args.resume {
+    let (cfg, start) = match &args.resume {
         Some(dir) => {
             let (cfg, candidates) = resumed_settings(&args, dir, world.as_ref())?;
-            (cfg, Some(candidates))
+            (cfg, Start::Resume(candidates))
         }
-        None => (new_run_settings(&args, world.as_ref())?, None),
+        None => {
+            let (cfg, init) = new_run_settings(&args, world.as_ref())?;
+            (cfg, init.map_or(Start::Fresh, |model| Start::From(Box::new(model))))
+        }
     };
     if world.world_size() > 1 {
         check_ranks_agree(&cfg, world.as_ref())?;
     }
-    train(cfg, resume_from, world)
+    train(cfg, start, world)
+}
+
+/// How a run's model begins.
+enum Start {
+    /// Initialised as the paper does, from the run's seed.
+    Fresh,
+    /// Pre-trained weights (`--init`), adapted to the run.
+    From(Box<MaskedAutoencoder>),
+    /// The newest good one of these complete checkpoints (newest first) of a resumed run.
+    Resume(Vec<PathBuf>),
+}
+
+/// The model of `--init WEIGHTS`: the weights' architecture and image size, adapted to the run's
+/// channels (timm's adapt_input_conv, the pixel head afresh), with the run's mask ratio and
+/// loss. `cfg.model` becomes its config.
+fn init_model(cfg: &mut Pretrain, weights: &str) -> Result<MaskedAutoencoder> {
+    let device = util::parse_device(&cfg.device)?;
+    let loaded =
+        MaskedAutoencoder::from_pretrained_with_channels(weights, cfg.model.in_channels, cfg.seed, &device)
+            .with_context(|| format!("--init {weights}"))?;
+    let mut config = loaded.config().clone();
+    config.mask_ratio = cfg.model.mask_ratio;
+    config.norm_pix_loss = cfg.model.norm_pix_loss;
+    cfg.model = config;
+    cfg.validate_model().with_context(|| format!("--init {weights}"))?;
+    Ok(MaskedAutoencoder::from_tensors(&cfg.model, loaded.state_dict(), weights, &device)?)
 }
 
 /// The settings of the run `--resume DIR` continues (`DIR` empty: the newest run under runs/), and
@@ -64,11 +93,20 @@ fn resumed_settings(
     Ok((cfg, run_folder::resume_candidates(&dir)?))
 }
 
-/// The settings of a new run, with its folder made ready (by rank 0).
-fn new_run_settings(args: &PretrainArgs, world: &dyn Collective) -> Result<Pretrain> {
+/// The settings of a new run, with its folder made ready (by rank 0), and the model of its
+/// `--init` weights.
+fn new_run_settings(
+    args: &PretrainArgs,
+    world: &dyn Collective,
+) -> Result<(Pretrain, Option<MaskedAutoencoder>)> {
     // One run folder for the whole job: rank 0's clock names it.
     let stamp = broadcast_string(world, &util::timestamp(), 0)?;
-    let (cfg, quickstart) = args.resolve_new_run(|| PathBuf::from("runs").join(&stamp))?;
+    let (mut cfg, quickstart) = args.resolve_new_run(|| PathBuf::from("runs").join(&stamp))?;
+    // Read before the run folder is made: weights that do not load leave nothing behind.
+    let init = match cfg.init.clone() {
+        Some(weights) => Some(init_model(&mut cfg, &weights)?),
+        None => None,
+    };
     if world.is_main() {
         if quickstart {
             eprintln!(
@@ -78,7 +116,7 @@ fn new_run_settings(args: &PretrainArgs, world: &dyn Collective) -> Result<Pretr
         }
         run_folder::prepare_new_run(&cfg.out, args.overwrite, &stamp)?;
     }
-    Ok(cfg)
+    Ok((cfg, init))
 }
 
 /// Every rank must train the same thing: compares the resolved settings with rank 0's (the
@@ -98,12 +136,18 @@ fn check_ranks_agree(cfg: &Pretrain, world: &dyn Collective) -> Result<()> {
 }
 
 /// Trains the run `cfg` describes; `resume_from` holds its complete checkpoints, newest first.
-fn train(cfg: Pretrain, resume_from: Option<Vec<PathBuf>>, world: Rc<dyn Collective>) -> Result<()> {
+fn train(cfg: Pretrain, start: Start, world: Rc<dyn Collective>) -> Result<()> {
     let (rank, world_size, is_main) = (world.rank(), world.world_size(), world.is_main());
     let device = util::parse_device(&cfg.device)?;
     let data = TrainingData::open(&cfg, rank, world_size)?;
     let schedule = lr_schedule(&cfg, data.steps_per_epoch, world_size)?;
-    let mut model = MaskedAutoencoder::new(&cfg.model, cfg.seed, &device)?;
+    let (mut model, resume_from) = match start {
+        Start::Fresh => (MaskedAutoencoder::new(&cfg.model, cfg.seed, &device)?, None),
+        Start::From(model) => (*model, None),
+        Start::Resume(candidates) => {
+            (MaskedAutoencoder::new(&cfg.model, cfg.seed, &device)?, Some(candidates))
+        }
+    };
     model.set_compute_dtype(cfg.dtype.compute_dtype(&device)?);
     // One process at a time in a run folder (rank 0's lock stands for the job); held to the end.
     let _lock = if is_main { Some(RunLock::acquire(&cfg.out)?) } else { None };

@@ -48,6 +48,11 @@ pub struct PretrainArgs {
     /// Model preset (see `mae info --presets`); default: the quick start's mae-vit-micro-patch4-32.
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
+    /// Start from pre-trained weights (a hub id such as facebook/vit-mae-base, a model folder or
+    /// file, a run folder) instead of a fresh model: their architecture and image size; weights
+    /// of another channel count are adapted to --in-channels (timm's adapt_input_conv).
+    #[arg(long, value_name = "WEIGHTS", conflicts_with_all = ["preset", "img_size"])]
+    pub init: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     pub recipe: RecipeFlags,
@@ -119,7 +124,7 @@ impl PretrainArgs {
             None => (Self::default(), None),
         };
         let merged = file.overridden_by(self);
-        let quickstart = merged.preset.is_none();
+        let quickstart = merged.preset.is_none() && merged.init.is_none();
         let default_length = RunLength::Steps(if quickstart { 600 } else { 1000 });
         let file_length = file_length.as_ref().map(|(name, length)| (name.as_str(), *length));
         let length = run_length(self.recipe.given_length(), file_length, default_length)?;
@@ -134,6 +139,7 @@ impl PretrainArgs {
             over,
             data,
             preset,
+            init,
             mask_ratio,
             norm_pix_loss,
             img_size,
@@ -180,9 +186,18 @@ impl PretrainArgs {
     /// Fills every unset field: the quick start when neither a preset nor a config chose a
     /// model, the paper's recipe otherwise.
     fn resolve(&self, length: RunLength, run_dir_default: impl FnOnce() -> PathBuf) -> Result<Pretrain> {
-        let quickstart = self.preset.is_none();
-        let preset = self.preset.clone().unwrap_or_else(|| QUICKSTART_PRESET.to_string());
-        let mut model = mae::MaeConfig::preset(&preset).context("--preset")?;
+        if self.init.is_some() && (self.preset.is_some() || self.img_size.is_some()) {
+            bail!("--init: the weights set the model and its image size (give no --preset or --img-size with it)");
+        }
+        let quickstart = self.preset.is_none() && self.init.is_none();
+        // With --init the model is the weights' (read when the run starts); until then the
+        // quick start's stands in, with the flags' channels, mask ratio and loss.
+        let preset = match &self.init {
+            Some(weights) => format!("init:{weights}"),
+            None => self.preset.clone().unwrap_or_else(|| QUICKSTART_PRESET.to_string()),
+        };
+        let mut model = mae::MaeConfig::preset(self.preset.as_deref().unwrap_or(QUICKSTART_PRESET))
+            .context("--preset")?;
         if let Some(size) = self.img_size {
             model.image_size = [size, size];
         }
@@ -201,6 +216,7 @@ impl PretrainArgs {
         let resolved = Pretrain {
             data: self.data.clone().unwrap_or_else(|| "synthetic:20000".into()),
             preset,
+            init: self.init.clone(),
             mean: self.mean.clone().unwrap_or_else(|| default_stats.mean.to_vec()),
             std: self.std.clone().unwrap_or_else(|| default_stats.std.to_vec()),
             model,
@@ -236,7 +252,11 @@ impl PretrainArgs {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pretrain {
     pub data: String,
+    /// A preset's name, or `init:WEIGHTS` for a run started from weights (`--init`).
     pub preset: String,
+    /// The weights a run started from (`--init`); `model` is theirs, adapted.
+    #[serde(default)]
+    pub init: Option<String>,
     /// The pixel normalisation, one value per channel (runs written before it existed used
     /// ImageNet's, the default).
     #[serde(default = "imagenet_mean")]
@@ -313,8 +333,8 @@ impl Pretrain {
         RunLength::resolved(self.epochs, self.steps)
     }
 
-    /// What the trainer and the data pipeline would otherwise fail on (or divide by) later.
-    fn validate(&self) -> Result<()> {
+    /// The checks of the model settings alone (also of a model read from `--init` weights).
+    pub fn validate_model(&self) -> Result<()> {
         self.model.validate().context("the model settings (--img-size, --mask-ratio, --in-channels)")?;
         let channels = self.model.in_channels;
         if self.mean.len() != channels || self.std.len() != channels {
@@ -332,6 +352,12 @@ impl Pretrain {
         if h != w {
             bail!("{h}x{w} images: non-square training images are not supported by the data pipeline yet");
         }
+        Ok(())
+    }
+
+    /// What the trainer and the data pipeline would otherwise fail on (or divide by) later.
+    fn validate(&self) -> Result<()> {
+        self.validate_model()?;
         self.length()?;
         self.dtype.check()?;
         RecipeNumbers {
@@ -356,6 +382,7 @@ impl Pretrain {
                 ("--config", args.config.is_some()),
                 ("--data", args.data.is_some()),
                 ("--preset", args.preset.is_some()),
+                ("--init", args.init.is_some()),
                 ("--mask-ratio", args.mask_ratio.is_some()),
                 ("--norm-pix-loss", args.norm_pix_loss.is_some()),
                 ("--img-size", args.img_size.is_some()),

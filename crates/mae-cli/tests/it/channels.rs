@@ -91,6 +91,26 @@ fn gray_and_rgba_16_bit_folders_pretrain_and_serve_every_command() {
     }
 }
 
+/// Domain pre-training from RGB weights: `--init` takes an RGB run's weights into a gray model.
+#[test]
+fn a_gray_run_starts_from_rgb_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    write_folder(&dir.path().join("gray"), gray16, ImageFormat::Png, "png");
+    run_ok(&[RUN, &["--data", "synthetic:16", "--out", "rgb"]].concat(), dir.path());
+    let init = ["pretrain", "--init", "rgb", "--data", "folder:gray", "--in-channels", "1", "--steps", "2"];
+    let log = run_ok(
+        &[&init[..], &["--batch-size", "4", "--progress", "silent", "--out", "g"]].concat(),
+        dir.path(),
+    );
+    assert!(log.contains("adapted to 1") && log.contains("decoder_pred"), "{log}");
+    let config = std::fs::read_to_string(dir.path().join("g/config.toml")).unwrap();
+    assert!(config.contains("init = \"rgb\"") && config.contains("in_channels = 1"), "{config}");
+    // The finished run resumes like any other (its checkpoints hold the adapted model).
+    run_ok(&["pretrain", "--resume", "g", "--progress", "silent"], dir.path());
+    let o = mae(&[&init[..], &["--preset", "mae-vit-micro-patch4-32"]].concat(), dir.path());
+    assert!(!o.status.success() && stderr(&o).contains("--preset"), "{}", stderr(&o));
+}
+
 #[test]
 fn images_and_statistics_that_do_not_fit_the_channels_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -99,6 +99,7 @@ const COMMAND_LINES: &[&str] = &[
     "export --weights runs/x --format timm --out w.safetensors",
     "stats --data synthetic:8 --in-channels 1 --img-size 32 --limit 4 --json",
     "pretrain --in-channels 1 --mean 0.2 --std 0.3 --steps 2",
+    "pretrain --init facebook/vit-mae-base --in-channels 1 --data folder:scans --steps 2",
 ];
 
 fn cli_seeds() -> Vec<Seed> {
