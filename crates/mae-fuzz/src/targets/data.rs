@@ -6,7 +6,7 @@ use std::path::Path;
 use mae_data::image::{imageops::FilterType, DynamicImage, ImageFormat};
 use mae_data::{
     decode_image, Cifar10, DataSpec, Dataset, DecodeLimits, EvalTransform, MaeTrainTransform, Mnist,
-    OpenOptions, Split, Transform,
+    Normalize, OpenOptions, Split, Transform,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -55,7 +55,7 @@ const LIMITS: DecodeLimits = DecodeLimits { max_pixels: 1 << 20, max_alloc: 32 <
 /// all, plus 16x the input for the decoders' copies of the file.
 pub const IMAGE: Target = Target {
     name: "image",
-    about: "decode_image (1 Mpx cap) then MaeTrainTransform(32) and EvalTransform(32)",
+    about: "decode_image (1 Mpx cap) then MaeTrainTransform(32), EvalTransform(32), and EvalTransform(16) for 1, 2 and 4 channels",
     seeds: image_seeds,
     dict: &[
         b"IHDR",
@@ -242,6 +242,11 @@ fn run_image(_dir: &Path, input: &[u8]) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let _ = MaeTrainTransform::new(32).apply(&image, &mut rng);
     let _ = EvalTransform::new(32).apply(&image, &mut rng);
+    // The other channel counts (`--in-channels`): gray, gray + alpha, RGBA; most images refuse
+    // some of them, which must be an error, never a panic.
+    for channels in [1, 2, 4] {
+        let _ = EvalTransform::new(16).with_normalize(Normalize::identity(channels)).apply(&image, &mut rng);
+    }
     Ok(())
 }
 
