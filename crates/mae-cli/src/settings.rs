@@ -208,6 +208,11 @@ impl PretrainArgs {
             model.norm_pix_loss = n;
         }
         if let Some(c) = self.in_channels {
+            // Checked before anything is sized by it (the fuzzer's --in-channels 2^64-1 made the
+            // default statistics allocate 74 GB).
+            if !(1..=mae_data::MAX_CHANNELS).contains(&c) {
+                bail!("--in-channels {c}: images have 1 to {} channels here", mae_data::MAX_CHANNELS);
+            }
             model.in_channels = c;
         }
         let default_stats = mae_data::Normalize::default_for(model.in_channels);

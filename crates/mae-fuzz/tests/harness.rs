@@ -104,7 +104,19 @@ fn cases_are_seeds_then_deterministic_mutations() {
 #[test]
 fn every_target_has_seeds_and_a_sane_limit() {
     let names: Vec<&str> = mae_fuzz::TARGETS.iter().map(|t| t.name).collect();
-    assert_eq!(names, ["safetensors", "torch", "config-json", "idx", "cifar", "image", "data-spec"]);
+    let expected = [
+        "safetensors",
+        "torch",
+        "config-json",
+        "idx",
+        "cifar",
+        "image",
+        "data-spec",
+        "parquet",
+        "toml-config",
+        "cli",
+    ];
+    assert_eq!(names, expected);
     for t in mae_fuzz::TARGETS {
         assert!((t.seeds)().len() >= 2, "{}", t.name);
         assert!(t.alloc_limit(0) >= 64 << 10 && t.alloc_factor >= 1, "{}", t.name);

@@ -42,6 +42,10 @@ pub struct MaeConfig {
     pub decoder_pos_embed: PosEmbed,
 }
 
+/// The largest image side a model takes (the data pipeline's limit too). Found by mae-fuzz:
+/// `--img-size 320000000000` overflowed the patch count in `num_patches`.
+pub const MAX_IMAGE_SIDE: usize = 8192;
+
 /// Names accepted by [`MaeConfig::preset`].
 pub const PRESETS: [&str; 6] = [
     "mae-vit-micro-patch4-32",
@@ -127,6 +131,9 @@ impl MaeConfig {
         let p = self.patch_size;
         if p == 0 || h == 0 || w == 0 || h % p != 0 || w % p != 0 {
             return bad(format!("image_size {h}x{w} must be a positive multiple of patch_size {p}"));
+        }
+        if h > MAX_IMAGE_SIDE || w > MAX_IMAGE_SIDE {
+            return bad(format!("image_size {h}x{w}: at most {MAX_IMAGE_SIDE} pixels a side"));
         }
         if self.in_channels == 0 {
             return bad("in_channels must be positive".into());

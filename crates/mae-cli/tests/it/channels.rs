@@ -123,5 +123,5 @@ fn images_and_statistics_that_do_not_fit_the_channels_are_clear_errors() {
     let o = mae(&[RUN, &["--in-channels", "1", "--mean", "0.5,0.5", "--out", "y"]].concat(), dir.path());
     assert_clean_failure(&o, &["--mean has 2 value(s)", "--in-channels 1"]);
     let o = mae(&[RUN, &["--in-channels", "5", "--out", "z"]].concat(), dir.path());
-    assert_clean_failure(&o, &["5 channels: at most 4"]);
+    assert_clean_failure(&o, &["--in-channels 5: images have 1 to 4 channels here"]);
 }
