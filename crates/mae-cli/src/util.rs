@@ -106,9 +106,16 @@ pub fn run_normalize(weights: Option<&Path>, channels: usize) -> Option<mae_data
         mean: Option<Vec<f32>>,
         std: Option<Vec<f32>>,
     }
-    let path = weights?;
+    let path = weights.filter(|p| p.exists())?;
     let start = if path.is_file() { path.parent()? } else { path };
-    let file = start.ancestors().take(4).map(|dir| dir.join("config.toml")).find(|f| f.is_file())?;
+    // A run folder holds both config.toml and checkpoints/ (a hub id or a model folder never
+    // reaches the working directory's config.toml this way).
+    let run = start
+        .ancestors()
+        .take(4)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .find(|dir| dir.join("config.toml").is_file() && dir.join("checkpoints").is_dir())?;
+    let file = run.join("config.toml");
     let stats: Stats = toml::from_str(&std::fs::read_to_string(&file).ok()?).ok()?;
     let (mean, std) = (stats.mean?, stats.std?);
     let normalize = mae_data::Normalize::new(mean, std);
