@@ -151,11 +151,7 @@ fn read_shard(repo: &str, path: &Path) -> Result<ShardRows> {
 /// `bit_util.rs` "size <= src.len()" in a dictionary page, `decoder.rs` on a data page).
 fn read_shard_guarded(repo: &str, path: &Path) -> Result<ShardRows> {
     std::panic::catch_unwind(|| read_shard(repo, path)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
+        let why = crate::epoch::panic_message(&*panic);
         Err(DataError::format(path, "parquet file", format!("malformed (the parquet reader failed: {why})")))
     })
 }
