@@ -14,6 +14,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::vmath::{lane_sum, lane_sum2};
+
 /// Rows per task of the row-parallel loops, and per partial sum of the column reductions
 /// (a constant, so that the sums do not depend on the thread count).
 pub(crate) const ROWS_PER_CHUNK: usize = 32;
@@ -165,8 +167,8 @@ fn column_sums(rows: usize, width: usize, per_row: impl Fn(usize, &mut [f32]) + 
 /// Mean and 1/std of one row (sums in f64: rows of a few thousand f32 values lose digits).
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f64;
-    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(row, |v| v as f64) / n;
+    let var = lane_sum(row, |v| (v as f64 - mean).powi(2)) / n;
     (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
 }
 
@@ -255,12 +257,11 @@ impl CustomOp3 for LayerNormGradInput {
                 let (xr, gr) = (piece(x, r, d, d), piece(g, r, d, d));
                 let (mean, rstd) = row_stats(xr, self.eps);
                 // dr holds g * w until the last loop turns it into dx.
-                let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
                 for i in 0..d {
                     dr[i] = gr[i] * w[i];
-                    sum_gw += dr[i] as f64;
-                    sum_gw_xhat += (dr[i] * (xr[i] - mean) * rstd) as f64;
                 }
+                let sum_gw = lane_sum(dr, |gw| gw as f64);
+                let sum_gw_xhat = lane_sum2(dr, xr, |gw, x| (gw * (x - mean) * rstd) as f64);
                 let (m1, m2) = ((sum_gw / d as f64) as f32, (sum_gw_xhat / d as f64) as f32);
                 for i in 0..d {
                     let xhat = (xr[i] - mean) * rstd;

@@ -79,15 +79,21 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     let x = if x < -87.0 { -87.0 } else { x };
     // n = round(x / ln 2) by the 1.5 * 2^23 trick (float addition rounds to an integer).
     const ROUND: f32 = 12_582_912.0;
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    let shifted = x * LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4; // x - n ln2, ln2 in two parts
     let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let e_r = poly * r * r + r + 1.0;
-    // 2^n from its exponent bits; n is in [-126, 0], a normal float.
-    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from its exponent bits; n is in [-126, 0], a normal float. `shifted` lies in
+    // [2^23, 2^24), where one unit of the last place is 1, so its bits are ROUND's plus n: the
+    // integer n without a float-to-int conversion (`n as i32` saturates, which LLVM cannot
+    // vectorize: it went lane by lane through scalar registers, most of the GELU's time).
+    // A NaN x gives NaN through `e_r` whatever these bits are.
+    const ROUND_BITS_MINUS_BIAS: u32 = 0x4B40_0000 - 127;
+    e_r * f32::from_bits(shifted.to_bits().wrapping_sub(ROUND_BITS_MINUS_BIAS) << 23)
 }
 
 /// `erfc(z) / 2` for `z >= 0`: the Chebyshev fit of Numerical Recipes (`erfcc`), relative error
@@ -124,6 +130,53 @@ pub fn normal_cdf(x: f32) -> f32 {
 pub fn normal_pdf(x: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     INV_SQRT_2PI * exp_nonpositive(-0.5 * x * x)
+}
+
+/// Eight partial sums, lane `k` taking the values at `k, k + 8, k + 16, ...`, added in one fixed
+/// order at the end. One f64 accumulator is a chain of dependent adds (one per 4 cycles, the
+/// LayerNorm statistics' whole cost on a 192-wide row); eight independent ones vectorize. The
+/// order is written out, so every vector width gives the same bits.
+const LANES: usize = 8;
+
+#[inline(always)]
+fn finish(acc: [f64; LANES]) -> f64 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// `sum f(a[i])` in f64, in [`LANES`] interleaved partial sums.
+#[inline(always)]
+pub fn lane_sum(a: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..LANES {
+            acc[k] += f(c[k]);
+        }
+    }
+    for (k, &v) in rest.iter().enumerate() {
+        acc[k] += f(v);
+    }
+    finish(acc)
+}
+
+/// `sum f(a[i], b[i])` in f64 over the shorter length, in [`LANES`] interleaved partial sums.
+#[inline(always)]
+pub fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..LANES {
+            acc[k] += f(x[k], y[k]);
+        }
+    }
+    for (k, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        acc[k] += f(x, y);
+    }
+    finish(acc)
 }
 
 #[cfg(test)]
@@ -181,6 +234,29 @@ mod tests {
     }
 
     #[test]
+    fn lane_sums_are_sums_and_the_same_bits_at_every_width() {
+        for n in [0, 1, 7, 8, 9, 191, 192, 1000] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+            let b: Vec<f32> = (0..n + 3).map(|i| (i % 13) as f32 * 0.7 - 2.0).collect();
+            let plain: f64 = a.iter().map(|&v| v as f64 * v as f64).sum();
+            let plain2: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let run = |width| {
+                at_width(width, || {
+                    let s = lane_sum(&a, |v| v as f64 * v as f64);
+                    // b is longer: the shorter length counts.
+                    let s2 = lane_sum2(&a, &b, |x, y| x as f64 * y as f64);
+                    (s.to_bits(), s2.to_bits())
+                })
+            };
+            let (s, s2) = run(Width::Baseline);
+            assert!((f64::from_bits(s) - plain).abs() <= 1e-12 * plain.abs().max(1.0), "n = {n}");
+            assert!((f64::from_bits(s2) - plain2).abs() <= 1e-12 * plain2.abs().max(1.0), "n = {n}");
+            assert_eq!(run(Width::Avx2), (s, s2), "n = {n}");
+            assert_eq!(run(Width::Avx512), (s, s2), "n = {n}");
+        }
+    }
+
+    #[test]
     fn the_exp_is_within_two_ulp() {
         for i in 0..=200_000 {
             let x = -87.0 * i as f32 / 200_000.0;
@@ -189,5 +265,33 @@ mod tests {
         }
         assert!(exp_nonpositive(f32::NAN).is_nan());
         assert_eq!(exp_nonpositive(f32::NEG_INFINITY), exp_nonpositive(-87.0));
+    }
+
+    /// The exponent bits taken from the rounding constant give the same 2^n as converting n
+    /// to an integer (the plain form, which does not vectorize), on every f32 in [-88, 0].
+    #[test]
+    fn two_to_the_n_from_bits_matches_the_integer_conversion() {
+        let plain = |x: f32| {
+            let x = if x < -87.0 { -87.0 } else { x };
+            const ROUND: f32 = 12_582_912.0;
+            let n = (x * LOG2_E + ROUND) - ROUND;
+            f32::from_bits(((n as i32 + 127) as u32) << 23)
+        };
+        let from_bits = |x: f32| {
+            let x = if x < -87.0 { -87.0 } else { x };
+            let shifted = x * LOG2_E + 12_582_912.0;
+            f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23)
+        };
+        // Every float from -0.0 down to -88.0: walk the bit patterns.
+        let (mut bits, last) = ((-0.0f32).to_bits(), (-88.0f32).to_bits());
+        let mut checked = 0u64;
+        while bits <= last {
+            let x = f32::from_bits(bits);
+            assert_eq!(from_bits(x).to_bits(), plain(x).to_bits(), "2^n at x = {x:e}");
+            bits += 1;
+            checked += 1;
+        }
+        assert!(checked > 1_000_000_000);
+        assert_eq!(exp_nonpositive(0.0), 1.0);
     }
 }
