@@ -84,7 +84,7 @@ fn run(world: Rc<dyn Collective>) -> Result<(), Box<dyn std::error::Error>> {
         Trainer::new(MaeTask { model, seed }, trainer_config)?.with_collective(world.clone())?;
     let summary = trainer.fit(&LoaderSource(&loader), &mut hooks)?;
     if world.is_main() {
-        hooks.finish(trainer.model())?;
+        hooks.finish(trainer.model(), trainer.state().step)?;
         println!("{summary:?}\nsee {}/loss.png and reconstruction.png", run_dir.display());
     }
     Ok(())

@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut trainer = Trainer::new(MaeTask { model, seed }, trainer_config)?;
     let summary = trainer.fit(&LoaderSource(&loader), &mut hooks)?;
-    hooks.finish(trainer.model())?;
+    hooks.finish(trainer.model(), trainer.state().step)?;
     println!("{summary:?}\nsee {}/loss.png and reconstruction.png", run_dir.display());
     Ok(())
 }

@@ -176,9 +176,9 @@ fn train(cfg: Pretrain, start: Start, world: Rc<dyn Collective>) -> Result<()> {
     if !is_main {
         return Ok(());
     }
-    hooks.finish(trainer.model()).context("final pictures")?;
+    hooks.finish(trainer.model(), trainer.state().step).context("final pictures")?;
     eprintln!(
-        "mae: done, {} steps{}, last loss {}. In {}: checkpoints/, metrics.jsonl, loss.png, memory.png, reconstruction.png",
+        "mae: done, {} steps{}, last loss {}. In {}: checkpoints/, metrics.jsonl (and .csv, events.out.tfevents.*), loss.png, memory.png, reconstruction.png",
         summary.steps,
         if summary.skipped_steps > 0 { format!(" ({} skipped as non-finite)", summary.skipped_steps) } else { String::new() },
         summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),

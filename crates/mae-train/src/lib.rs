@@ -20,6 +20,7 @@ mod optim_cpu;
 mod plot;
 mod progress;
 mod schedule;
+pub mod tensorboard;
 mod trainer;
 
 pub use checkpoint::{load_vars, read_state, read_tensors, write_tensors, Checkpoints, TrainState};

@@ -64,6 +64,11 @@ pub trait Hooks<M> {
     fn on_checkpoint(&mut self, _run_dir: &Path) -> Result<()> {
         Ok(())
     }
+    /// Pictures (PNG files) made since the last call, with a name: logged to TensorBoard at the
+    /// current step after `on_epoch_end`.
+    fn take_images(&mut self) -> Vec<(String, PathBuf)> {
+        Vec::new()
+    }
 }
 
 /// No hooks.
@@ -486,7 +491,7 @@ impl<M: Trainable> Trainer<M> {
         let eta = record.elapsed_s / (done - run.start.1) as f64 * (total - done) as f64;
         run.progress.step(&record, eta, log);
         if let Some(metrics) = run.metrics.as_mut() {
-            metrics.write(&record)?;
+            metrics.log_step(&record)?;
         }
         if log {
             run.window = (Instant::now(), 0);
@@ -512,8 +517,10 @@ impl<M: Trainable> Trainer<M> {
         if let Some(metrics) = run.metrics.as_mut() {
             for (name, value) in hooks.on_epoch_end(&self.model, epoch, self.state.step)? {
                 run.progress.println(&format!("epoch {epoch}: {name} = {value:.4}"));
-                metrics
-                    .write(&serde_json::json!({ "step": self.state.step, "epoch": epoch, name: value }))?;
+                metrics.log_value(self.state.step, epoch, &name, value)?;
+            }
+            for (tag, png) in hooks.take_images() {
+                metrics.log_png(&tag, self.state.step, &png)?;
             }
         }
         Ok(())

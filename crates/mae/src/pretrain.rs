@@ -157,9 +157,14 @@ impl PretrainHooks {
         Ok(())
     }
 
-    /// The final pictures, after the last step (which may not end an epoch).
-    pub fn finish(&mut self, task: &MaeTask) -> mae_train::Result<()> {
+    /// The final pictures, after the last step (which may not end an epoch); the reconstruction
+    /// also goes to TensorBoard at `step` (in an event file of its own: the trainer's is closed).
+    pub fn finish(&mut self, task: &MaeTask, step: usize) -> mae_train::Result<()> {
         self.draw_reconstruction(task, "final")?;
+        for (tag, png) in self.take_images() {
+            let bytes = std::fs::read(&png).map_err(|e| TrainError::io(&png, e))?;
+            mae_train::tensorboard::EventWriter::create(&self.run_dir)?.png(&tag, step as i64, &bytes)?;
+        }
         self.draw_loss()
     }
 }
@@ -182,5 +187,13 @@ impl Hooks<MaeTask> for PretrainHooks {
 
     fn on_checkpoint(&mut self, _run_dir: &Path) -> mae_train::Result<()> {
         self.draw_loss()
+    }
+
+    /// `reconstruction.png`, which `on_epoch_end` has just redrawn (when there are previews).
+    fn take_images(&mut self) -> Vec<(String, PathBuf)> {
+        match self.preview {
+            Some(_) => vec![("reconstruction".into(), self.run_dir.join("reconstruction.png"))],
+            None => Vec::new(),
+        }
     }
 }

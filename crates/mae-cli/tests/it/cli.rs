@@ -43,6 +43,15 @@ fn a_short_run_writes_checkpoints_metrics_and_pictures_and_resumes_exactly_after
     }
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 6);
+    // The same numbers in metrics.csv and in TensorBoard's event files (records counted by tag;
+    // the encoding itself is checked against tensorboard's own writer in mae-train).
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("step,epoch,metric,value\n"), "{csv}");
+    assert_eq!(csv.lines().filter(|l| l.split(',').nth(2) == Some("loss")).count(), 6, "{csv}");
+    let events = event_records(&run);
+    assert_eq!(events.iter().filter(|e| contains(e, b"train/loss")).count(), 6);
+    assert_eq!(events.iter().filter(|e| contains(e, b"train/lr")).count(), 6);
+    assert!(events.iter().any(|e| contains(e, b"reconstruction") && contains(e, b"\x89PNG")));
 
     // The same run, killed while writing the checkpoint of step 4, then resumed.
     let crashed = [SHORT_RUN, &["--out", "crashed"]].concat();
@@ -369,4 +378,32 @@ fn run_folders_are_never_mixed_and_a_damaged_checkpoint_does_not_stop_resume() {
     assert!(std::fs::read_to_string(aside[0].path().join("metrics.jsonl")).unwrap().starts_with(&metrics));
     let new_metrics = std::fs::read_to_string(d.join("r/metrics.jsonl")).unwrap();
     assert_eq!(new_metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 2, "only the new run's lines");
+}
+
+/// The records of every TensorBoard event file in `run` (TFRecord framing: length, CRC, data,
+/// CRC), in file order.
+fn event_records(run: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<_> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("tfevents"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no event file in {}", run.display());
+    let mut records = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+            records.push(bytes[at + 12..at + 12 + len].to_vec());
+            at += len + 16;
+        }
+        assert_eq!(at, bytes.len(), "{} ends inside a record", file.display());
+    }
+    records
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
