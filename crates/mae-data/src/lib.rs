@@ -36,6 +36,7 @@ mod sampler;
 mod spec;
 mod stats;
 mod synthetic;
+mod tensor_images;
 mod transform;
 
 pub use cifar::{Cifar10, CIFAR10_CLASSES};
@@ -54,6 +55,7 @@ pub use sampler::SamplerConfig;
 pub use spec::{open, DataSpec, OpenOptions, Split, SYNTHETIC_DEFAULT_COUNT};
 pub use stats::{pixel_stats, PixelStats, StatsOptions};
 pub use synthetic::{draw_shape, SyntheticShapes, SHAPES};
+pub use tensor_images::TensorImages;
 pub use transform::{
     random_resized_crop_params, CropBox, EvalTransform, MaeTrainTransform, Normalize, Transform, MAX_CHANNELS,
 };

@@ -11,4 +11,5 @@ mod loader;
 mod real_data;
 mod spec;
 mod synthetic;
+mod tensor_images;
 mod transform;
