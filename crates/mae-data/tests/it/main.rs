@@ -7,8 +7,10 @@ mod common;
 mod formats;
 #[cfg(feature = "hf")]
 mod hf;
+mod list;
 mod loader;
 mod real_data;
 mod spec;
 mod synthetic;
 mod transform;
+mod wds;
