@@ -93,7 +93,7 @@ fn index_shard(path: &Path, shard: usize) -> std::result::Result<Vec<Indexed>, S
     let mut archive = tar::Archive::new(file);
     let (mut keys, mut groups): (Vec<String>, HashMap<String, Group>) = (Vec::new(), HashMap::new());
     for entry in archive.entries_with_seek().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| format!("not a readable tar file: {e}"))?;
+        let mut entry = entry.map_err(|e| format!("truncated or corrupt tar file: {e}"))?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
