@@ -57,7 +57,7 @@ pub use mnist::Mnist;
 pub use rng::{permutation, sample_rng, sample_seed, stream};
 pub use sampler::SamplerConfig;
 pub use shard_order::ShardLayout;
-pub use shard_paths::{expand_braces, MAX_SHARDS};
+pub use shard_paths::{brace_count, expand_braces, MAX_SHARDS};
 pub use spec::{open, DataSpec, OpenOptions, Split, SYNTHETIC_DEFAULT_COUNT};
 pub use stats::{pixel_stats, PixelStats, StatsOptions};
 pub use synthetic::{draw_shape, SyntheticShapes, SHAPES};

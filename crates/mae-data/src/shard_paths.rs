@@ -58,13 +58,16 @@ fn pieces(pattern: &str) -> std::result::Result<Vec<Piece<'_>>, String> {
     Ok(out)
 }
 
-/// The paths `pattern` names once its brace ranges are expanded, in order (the last range
-/// varying fastest). Errors (a malformed range, more than [`MAX_SHARDS`] paths) are messages for
-/// a spec error.
-pub fn expand_braces(pattern: &str) -> std::result::Result<Vec<String>, String> {
-    let pieces = pieces(pattern)?;
+/// How many paths `pattern` names once its brace ranges are expanded, without expanding them
+/// (spec parsing checks a pattern this way, allocating nothing per path). Errors (a malformed
+/// range, more than [`MAX_SHARDS`] paths) are messages for a spec error.
+pub fn brace_count(pattern: &str) -> std::result::Result<usize, String> {
+    count(pattern, &pieces(pattern)?)
+}
+
+fn count(pattern: &str, pieces: &[Piece<'_>]) -> std::result::Result<usize, String> {
     let mut count: usize = 1;
-    for piece in &pieces {
+    for piece in pieces {
         if let Piece::Range(r) = piece {
             let n = usize::try_from(r.end - r.start).ok().and_then(|n| n.checked_add(1));
             count = n
@@ -73,6 +76,14 @@ pub fn expand_braces(pattern: &str) -> std::result::Result<Vec<String>, String> 
                 .ok_or_else(|| format!("the ranges of `{pattern}` name more than {MAX_SHARDS} shards"))?;
         }
     }
+    Ok(count)
+}
+
+/// The paths `pattern` names once its brace ranges are expanded, in order (the last range
+/// varying fastest); errors as [`brace_count`].
+pub fn expand_braces(pattern: &str) -> std::result::Result<Vec<String>, String> {
+    let pieces = pieces(pattern)?;
+    count(pattern, &pieces)?;
     let mut out = vec![String::new()];
     for piece in &pieces {
         out = match piece {
@@ -165,6 +176,7 @@ mod tests {
         assert_eq!(expand_braces("{8..10}").unwrap(), ["8", "9", "10"]);
         assert_eq!(expand_braces("{0..1}/{000..001}").unwrap(), ["0/000", "0/001", "1/000", "1/001"]);
         assert_eq!(expand_braces("plain.tar").unwrap(), ["plain.tar"]);
+        assert_eq!(brace_count("{0..9}-{000..099}"), Ok(1000));
         for bad in ["{1..0}", "{a..b}", "{1..}", "{1", "x}", "{0..99999999999}", "{0..999}{0..9999}"] {
             assert!(expand_braces(bad).is_err(), "{bad}");
         }

@@ -154,7 +154,7 @@ fn parse_wds(input: &str, rest: &str) -> Result<DataSpec> {
     if pattern.is_empty() {
         return Err(spec_error(input, "the path is empty"));
     }
-    crate::shard_paths::expand_braces(pattern).map_err(|reason| spec_error(input, reason))?;
+    crate::shard_paths::brace_count(pattern).map_err(|reason| spec_error(input, reason))?;
     Ok(DataSpec::Wds { pattern: pattern.into(), shuffle_buffer })
 }
 
