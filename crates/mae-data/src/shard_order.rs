@@ -117,12 +117,17 @@ pub(crate) fn epoch_order(layout: &ShardLayout, sampler: &SamplerConfig, epoch: 
     let streams: Vec<Vec<usize>> = (0..world)
         .map(|r| {
             let mine: Vec<usize> = shards.iter().skip(r).step_by(world).copied().collect();
-            let stream = stream_of(layout, &starts, &mine, sampler, epoch, 1 + r as u64);
-            // Cut to, or wrapped around to, the common length (a rank's shards are never empty:
-            // the index drops shards without samples).
-            (0..per_rank).map(|i| stream[i % stream.len().max(1)]).collect()
+            stream_of(layout, &starts, &mine, sampler, epoch, 1 + r as u64)
         })
         .collect();
+    // WebDataset drops shards without samples; a layout from elsewhere might leave a rank
+    // with nothing to read, and then every rank reads all shards instead.
+    if streams.iter().any(Vec::is_empty) {
+        return stream_of(layout, &starts, &shards, sampler, epoch, 0);
+    }
+    // Each stream cut to, or wrapped around to, the common length.
+    let streams: Vec<Vec<usize>> =
+        streams.iter().map(|s| (0..per_rank).map(|i| s[i % s.len()]).collect()).collect();
     let b = sampler.batch_size;
     let mut order = Vec::with_capacity(world * per_rank);
     let mut at = 0;
