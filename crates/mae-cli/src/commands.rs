@@ -1,6 +1,5 @@
 //! The commands besides `pretrain` and `bench`: reconstruct, embed, knn, info.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -9,6 +8,7 @@ use clap::Args;
 use mae::{MaeConfig, MaskedAutoencoder};
 use mae_data::Transform;
 
+use crate::embed_out::EmbedFormat;
 use crate::flags::{choice, cores, PoolArg};
 use crate::util;
 
@@ -74,16 +74,23 @@ pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
 
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  mae embed --weights runs/20261128-181500 --data mnist:data/mnist@test --out feats.safetensors"
+    after_help = "Examples:\n  mae embed --weights runs/20261128-181500 --data mnist:data/mnist@test --out feats.safetensors\n  \
+                  mae embed --weights runs/x --data list:photos.txt --format npy --out feats.npy   # + feats.txt (names)"
 )]
 pub struct EmbedArgs {
     #[arg(long)]
     pub weights: PathBuf,
     #[arg(long, value_name = "SPEC")]
     pub data: String,
-    /// Output safetensors: `features` [N, D], `labels` [N] (when labeled).
+    /// Output file. safetensors: `features` [N, D], `labels` [N] (when labeled), `indices` [N]
+    /// (dataset index of each row) and the file names as metadata `names`; npy: [N, D] float32,
+    /// names one a line in a .txt beside it (and labels in .labels.npy); csv: a header, then
+    /// `name[,label],f0,...` rows. Names are file names, or indices where the data has none.
     #[arg(long)]
     pub out: PathBuf,
+    /// safetensors, npy or csv.
+    #[arg(long, default_value = "safetensors", value_parser = choice::<EmbedFormat>())]
+    pub format: EmbedFormat,
     /// cls (token) or mean (of the patch tokens).
     #[arg(long, default_value = "mean", value_parser = choice::<PoolArg>())]
     pub pool: PoolArg,
@@ -99,19 +106,24 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     let dataset = util::open_dataset(&args.data, "--data", encoder.config().image_size[0])?;
     let normalize = util::run_normalize(Some(&args.weights), encoder.config().in_channels);
     let transform = mae_eval::eval_transform(encoder.vit().config(), normalize.as_ref());
-    let (features, labels) = mae_eval::extract_features_with(
+    let rows = mae_eval::extract_feature_rows(
         encoder.vit(),
-        dataset,
+        dataset.clone(),
         args.pool.into(),
         (args.batch_size, cores()),
         transform,
     )?;
-    let mut out = HashMap::from([("features".to_string(), features.clone())]);
-    if labels.len() == features.dim(0)? {
-        out.insert("labels".to_string(), Tensor::from_vec(labels.clone(), labels.len(), &Device::Cpu)?);
-    }
-    mae_train::write_tensors(&args.out, &out).with_context(|| format!("--out {}", args.out.display()))?;
-    eprintln!("wrote {} features of {} dims to {}", features.dim(0)?, features.dim(1)?, args.out.display());
+    let names: Option<Vec<String>> = rows.indices.iter().map(|&i| dataset.sample_name(i)).collect();
+    let (n, d) = rows.features.dims2()?;
+    let embeddings = crate::embed_out::Embeddings {
+        labels: (rows.labels.len() == n).then_some(rows.labels),
+        features: rows.features,
+        indices: rows.indices,
+        names,
+    };
+    let written = crate::embed_out::write(args.format, &args.out, &embeddings)?;
+    let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    eprintln!("wrote {n} features of {d} dims to {}", files.join(", "));
     Ok(())
 }
 

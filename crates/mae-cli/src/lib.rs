@@ -7,6 +7,7 @@
 mod bench;
 mod classify;
 mod commands;
+mod embed_out;
 mod export;
 mod flags;
 mod launch;

@@ -6,6 +6,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageReader, Limits};
 
 use crate::error::{DataError, Result};
+use crate::shard_order::ShardLayout;
 
 /// One sample: the decoded image (any colour type and bit depth; the transforms make it RGB)
 /// and its class index when the dataset is labeled.
@@ -42,6 +43,20 @@ pub trait Dataset: Send + Sync {
     /// Where sample `index` comes from, for errors about it: its file where it has one.
     fn origin(&self, index: usize) -> String {
         format!("sample {index} of {}", self.describe())
+    }
+
+    /// The file name of sample `index` as the dataset knows it (a folder's path below its root,
+    /// a list's line, a WebDataset key), for outputs that name their rows (`mae embed`); `None`
+    /// for datasets without file names (MNIST, CIFAR-10, synthetic), which go by index.
+    fn sample_name(&self, _index: usize) -> Option<String> {
+        None
+    }
+
+    /// How the samples group into shards meant to be read in sequence (WebDataset): the loader
+    /// then orders epochs by shard with a bounded shuffle buffer and splits ranks by shard (see
+    /// `shard_order`) instead of permuting all indices. `None` for random-access datasets.
+    fn shard_layout(&self) -> Option<ShardLayout> {
+        None
     }
 }
 

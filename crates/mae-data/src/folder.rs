@@ -146,6 +146,12 @@ impl Dataset for ImageFolder {
         }
     }
 
+    fn sample_name(&self, index: usize) -> Option<String> {
+        let (path, _) = self.files.get(index)?;
+        let relative = path.strip_prefix(&self.root).unwrap_or(path);
+        Some(relative.display().to_string())
+    }
+
     fn describe(&self) -> String {
         let labels = if self.classes.is_empty() {
             "unlabeled".to_string()

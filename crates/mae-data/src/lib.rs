@@ -28,16 +28,20 @@ mod folder;
 mod hf;
 #[cfg(feature = "hf")]
 mod hub_cache;
+mod list;
 mod loader;
 mod mnist;
 mod pixels;
 mod rng;
 mod sampler;
+mod shard_order;
+mod shard_paths;
 mod spec;
 mod stats;
 mod synthetic;
 mod tensor_images;
 mod transform;
+mod wds;
 
 pub use cifar::{Cifar10, CIFAR10_CLASSES};
 pub use dataset::{decode_image, open_image, out_of_range, Dataset, DecodeLimits, Sample};
@@ -48,10 +52,13 @@ pub use folder::{ImageFolder, IMAGE_EXTENSIONS};
 pub use hf::{hub_cache_dir, HfDataset};
 #[cfg(feature = "hf")]
 pub use hub_cache::hub_cache_dir_from;
+pub use list::ImageList;
 pub use loader::{Batch, EpochStats, Loader, LoaderConfig};
 pub use mnist::Mnist;
 pub use rng::{permutation, sample_rng, sample_seed, stream};
 pub use sampler::SamplerConfig;
+pub use shard_order::ShardLayout;
+pub use shard_paths::{brace_count, expand_braces, MAX_SHARDS};
 pub use spec::{open, DataSpec, OpenOptions, Split, SYNTHETIC_DEFAULT_COUNT};
 pub use stats::{pixel_stats, PixelStats, StatsOptions};
 pub use synthetic::{draw_shape, SyntheticShapes, SHAPES};
@@ -59,6 +66,7 @@ pub use tensor_images::TensorImages;
 pub use transform::{
     random_resized_crop_params, CropBox, EvalTransform, MaeTrainTransform, Normalize, Transform, MAX_CHANNELS,
 };
+pub use wds::{WebDataset, DEFAULT_SHUFFLE_BUFFER};
 
 /// The image crate this one decodes with, for `Sample::image` (`DynamicImage`).
 pub use image;

@@ -136,6 +136,17 @@ impl Loader {
         if config.prefetch == Some(0) {
             return Err(DataError::Config("prefetch must be at least 1 batch".into()));
         }
+        if let Some(layout) = dataset.shard_layout() {
+            if config.world_size > 1 && !layout.splits_by_shard(config.world_size) {
+                tracing::warn!(
+                    "{}: {} shard(s) for {} ranks: every rank reads from every shard (split by sample, \
+                     not by shard); use at least one shard per rank for shard-local reading",
+                    dataset.describe(),
+                    layout.sizes.len(),
+                    config.world_size
+                );
+            }
+        }
         Ok(Self { dataset, transform, config, warned: Arc::default() })
     }
 
@@ -160,8 +171,19 @@ impl Loader {
     /// The dataset indices of each of this rank's batches in `epoch`, without loading anything.
     pub fn epoch_plan(&self, epoch: u64) -> Vec<Vec<usize>> {
         let sampler = self.config.sampler();
-        let order = sampler.epoch_order(self.dataset.len(), epoch);
+        let order = self.epoch_order(epoch);
         (0..self.batches_per_epoch()).map(|k| sampler.batch_indices(&order, k)).collect()
+    }
+
+    /// The order of `epoch` that the sampler cuts into batches: a permutation of all indices, or,
+    /// for a sharded dataset (WebDataset), the shard-wise order of `shard_order`. A pure function
+    /// of the dataset, the configuration and `epoch`, which is what makes `iter_from` resume.
+    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        let sampler = self.config.sampler();
+        match self.dataset.shard_layout() {
+            Some(layout) => crate::shard_order::epoch_order(&layout, &sampler, epoch),
+            None => sampler.epoch_order(self.dataset.len(), epoch),
+        }
     }
 
     /// Iterates over all batches of `epoch`.
@@ -182,7 +204,7 @@ impl Loader {
         let shared = Shared {
             dataset: self.dataset.clone(),
             transform: self.transform.clone(),
-            order: sampler.epoch_order(self.dataset.len(), epoch),
+            order: self.epoch_order(epoch),
             sampler,
             epoch,
             strict: self.config.strict,

@@ -24,6 +24,9 @@ pub mod stream {
     pub const SHUFFLE: u64 = 2;
     /// The drawing of the synthetic dataset's images (keyed with the split as epoch).
     pub const SYNTHETIC: u64 = 3;
+    /// The per-epoch order of a sharded dataset's shards (keyed with index 0); their samples'
+    /// shuffle buffer uses [`SHUFFLE`], keyed with index 0 (one stream) or 1 + rank.
+    pub const SHARDS: u64 = 4;
 }
 
 /// SplitMix64's finaliser: a bijective 64-bit mixer with full avalanche.

@@ -10,8 +10,10 @@ use crate::cifar::Cifar10;
 use crate::dataset::{Dataset, DecodeLimits};
 use crate::error::{DataError, Result};
 use crate::folder::ImageFolder;
+use crate::list::ImageList;
 use crate::mnist::Mnist;
 use crate::synthetic::SyntheticShapes;
+use crate::wds::{WebDataset, DEFAULT_SHUFFLE_BUFFER};
 
 /// Which half of a dataset that ships a train/test split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -47,6 +49,11 @@ pub enum DataSpec {
     Hf { repo: String, config: Option<String>, split: String },
     /// `synthetic[:N][@train|test]`
     Synthetic { count: usize, split: Split },
+    /// `list:FILE`: a `.txt` of image paths or a `.csv` of `path,label` rows.
+    List { path: PathBuf },
+    /// `wds:PATTERN[#shuffle=N]`: WebDataset shards; `shuffle_buffer` overrides
+    /// [`OpenOptions::shuffle_buffer`].
+    Wds { pattern: String, shuffle_buffer: Option<usize> },
 }
 
 fn spec_error(input: &str, reason: impl Into<String>) -> DataError {
@@ -96,8 +103,10 @@ impl DataSpec {
                 Ok(DataSpec::Mnist { path: non_empty_path(input, path)?, split })
             }
             ("hf", Some(rest)) => parse_hf(input, rest),
+            ("list", Some(path)) => Ok(DataSpec::List { path: non_empty_path(input, path)? }),
+            ("wds", Some(rest)) => parse_wds(input, rest),
             ("synthetic", rest) => parse_synthetic(input, rest.unwrap_or("")),
-            ("folder" | "cifar10" | "mnist" | "hf", None) => {
+            ("folder" | "cifar10" | "mnist" | "hf" | "list" | "wds", None) => {
                 Err(spec_error(input, format!("`{kind}` needs a `:` and a location")))
             }
             _ => Err(spec_error(input, format!("unknown kind `{kind}`"))),
@@ -125,6 +134,28 @@ fn parse_hf(input: &str, rest: &str) -> Result<DataSpec> {
         }
         _ => Err(spec_error(input, format!("`{repo_part}` is not OWNER/NAME or OWNER/NAME/CONFIG"))),
     }
+}
+
+/// `PATTERN[#shuffle=N]`; the pattern's brace ranges are checked here (not its files), so a
+/// malformed range is a spec error before anything is opened.
+fn parse_wds(input: &str, rest: &str) -> Result<DataSpec> {
+    let (pattern, shuffle_buffer) = match rest.rsplit_once("#shuffle=") {
+        Some((pattern, n)) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => (pattern, Some(n)),
+            _ => {
+                return Err(spec_error(
+                    input,
+                    format!("`#shuffle={n}`: the shuffle buffer is a positive number of samples"),
+                ))
+            }
+        },
+        None => (rest, None),
+    };
+    if pattern.is_empty() {
+        return Err(spec_error(input, "the path is empty"));
+    }
+    crate::shard_paths::brace_count(pattern).map_err(|reason| spec_error(input, reason))?;
+    Ok(DataSpec::Wds { pattern: pattern.into(), shuffle_buffer })
 }
 
 fn parse_synthetic(input: &str, rest: &str) -> Result<DataSpec> {
@@ -157,6 +188,9 @@ impl fmt::Display for DataSpec {
             DataSpec::Hf { repo, config: Some(c), split } => write!(f, "hf:{repo}/{c}@{split}"),
             DataSpec::Hf { repo, config: None, split } => write!(f, "hf:{repo}@{split}"),
             DataSpec::Synthetic { count, split } => write!(f, "synthetic:{count}@{split}"),
+            DataSpec::List { path } => write!(f, "list:{}", path.display()),
+            DataSpec::Wds { pattern, shuffle_buffer: None } => write!(f, "wds:{pattern}"),
+            DataSpec::Wds { pattern, shuffle_buffer: Some(n) } => write!(f, "wds:{pattern}#shuffle={n}"),
         }
     }
 }
@@ -178,6 +212,9 @@ pub struct OpenOptions {
     pub hf_offline: Option<bool>,
     /// The hub's address; `None` follows `HF_ENDPOINT`, else huggingface.co.
     pub hf_endpoint: Option<String>,
+    /// Samples in the shuffle buffer of WebDataset shards (`wds:`) when the spec gives none
+    /// (default [`DEFAULT_SHUFFLE_BUFFER`]); see docs/data.md.
+    pub shuffle_buffer: usize,
 }
 
 impl Default for OpenOptions {
@@ -189,6 +226,7 @@ impl Default for OpenOptions {
             hf_cache: None,
             hf_offline: None,
             hf_endpoint: None,
+            shuffle_buffer: DEFAULT_SHUFFLE_BUFFER,
         }
     }
 }
@@ -219,6 +257,10 @@ pub fn open(spec: &DataSpec, options: &OpenOptions) -> Result<Arc<dyn Dataset>> 
         DataSpec::Folder { path } => Arc::new(ImageFolder::open(path, options.limits)?),
         DataSpec::Cifar10 { path, split } => Arc::new(Cifar10::open(path, *split)?),
         DataSpec::Mnist { path, split } => Arc::new(Mnist::open(path, *split)?),
+        DataSpec::List { path } => Arc::new(ImageList::open(path, options.limits)?),
+        DataSpec::Wds { pattern, shuffle_buffer } => {
+            Arc::new(WebDataset::open(pattern, shuffle_buffer.unwrap_or(options.shuffle_buffer), options.limits)?)
+        }
         DataSpec::Synthetic { count, split } => {
             Arc::new(SyntheticShapes::new(*count, options.synthetic_size, options.synthetic_seed, *split)?)
         }

@@ -118,15 +118,37 @@ pub fn extract_features_with(
     encoder: &mae_vit::VisionTransformer,
     dataset: Arc<dyn Dataset>,
     pool: mae_vit::Pool,
-    (batch_size, workers): (usize, usize),
+    batch: (usize, usize),
     transform: EvalTransform,
 ) -> Result<(Tensor, Vec<u32>)> {
+    let rows = extract_feature_rows(encoder, dataset, pool, batch, transform)?;
+    Ok((rows.features, rows.labels))
+}
+
+/// Features with what each row is: unreadable samples are skipped, so row `r` is sample
+/// `indices[r]`, not sample `r`.
+pub struct FeatureRows {
+    /// `[N, D]` on the CPU.
+    pub features: Tensor,
+    /// One per row for a labeled dataset, else empty.
+    pub labels: Vec<u32>,
+    /// The dataset index of each row.
+    pub indices: Vec<usize>,
+}
+
+/// [`extract_features_with`], keeping each row's dataset index (for outputs that name rows).
+pub fn extract_feature_rows(
+    encoder: &mae_vit::VisionTransformer,
+    dataset: Arc<dyn Dataset>,
+    pool: mae_vit::Pool,
+    (batch_size, workers): (usize, usize),
+    transform: EvalTransform,
+) -> Result<FeatureRows> {
     let device = encoder.pos_embed().device();
     let transform: Arc<dyn Transform> = Arc::new(transform);
     let loader = Loader::new(dataset, transform, LoaderConfig { workers, ..LoaderConfig::eval(batch_size) })
         .map_err(|e| MaeError::Config(e.to_string()))?;
-    let mut features = Vec::new();
-    let mut labels = Vec::new();
+    let (mut features, mut labels, mut indices) = (Vec::new(), Vec::new(), Vec::new());
     for batch in loader.iter_epoch(0).map_err(|e| MaeError::Config(e.to_string()))? {
         let batch = batch.map_err(|e| MaeError::Config(e.to_string()))?;
         if batch.is_empty() {
@@ -136,11 +158,12 @@ pub fn extract_features_with(
         // Detached: the output would otherwise keep the whole forward graph of the batch alive.
         features.push(f.detach().to_device(&Device::Cpu)?);
         labels.extend(batch.labels.unwrap_or_default());
+        indices.extend(batch.indices);
     }
     if features.is_empty() {
         return Err(MaeError::Config("no image could be loaded for features".into()));
     }
-    Ok((Tensor::cat(&features, 0)?, labels))
+    Ok(FeatureRows { features: Tensor::cat(&features, 0)?, labels, indices })
 }
 
 /// Every sample of `dataset` through the eval transform, flattened: `[N, 3*size*size]`, labels.

@@ -31,7 +31,8 @@ pub fn eval_transform(
 }
 
 pub use knn::{
-    extract_features, extract_features_with, knn_accuracy, knn_classify, raw_pixels, KnnMonitor, KnnResult,
+    extract_feature_rows, extract_features, extract_features_with, knn_accuracy, knn_classify, raw_pixels,
+    KnnMonitor, KnnResult,
 };
 
 use candle_core::{DType, Device, Tensor, D};

@@ -8,6 +8,7 @@ mod common;
 mod channels;
 mod classify;
 mod cli;
+mod data_formats;
 mod distributed;
 mod kill_sweep;
 mod run_mae;

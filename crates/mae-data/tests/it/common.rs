@@ -88,3 +88,77 @@ pub fn idx(magic: [u8; 4], dims: &[u32], body: &[u8]) -> Vec<u8> {
 pub fn values(t: &candle_core::Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
+
+/// Copies the first `per_class` digits of classes `0..classes` of the repository's
+/// `data/mnist-png/train` into `dir/<class>/` (a folder dataset); returns (file, class) in the
+/// folder dataset's order.
+pub fn copy_digits(dir: &Path, classes: u32, per_class: usize) -> Vec<(PathBuf, u32)> {
+    let mut out = Vec::new();
+    for class in 0..classes {
+        let from = repo_data().join("mnist-png/train").join(class.to_string());
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&from).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        for src in names.into_iter().take(per_class) {
+            let dst = dir.join(class.to_string()).join(src.file_name().unwrap());
+            write(&dst, &std::fs::read(&src).unwrap());
+            out.push((dst, class));
+        }
+    }
+    out
+}
+
+/// A WebDataset sample: its key and its members as (extension, bytes).
+pub type TarSample<'a> = (String, Vec<(&'a str, Vec<u8>)>);
+
+/// A tar shard at `path` of the given samples.
+pub fn write_shard(path: &Path, samples: &[TarSample<'_>]) {
+    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (key, members) in samples {
+        for (ext, bytes) in members {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, format!("{key}.{ext}"), bytes.as_slice()).unwrap();
+        }
+    }
+    builder.into_inner().unwrap();
+}
+
+/// The messages of the `tracing` events emitted on this thread while `f` runs.
+pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = tracing::subscriber::with_default(Capture(logs.clone()), f);
+    let logs = logs.lock().unwrap().clone();
+    (out, logs)
+}
+
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Message<'a>(&'a mut String);
+
+impl tracing::field::Visit for Message<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            *self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut text = String::new();
+        event.record(&mut Message(&mut text));
+        self.0.lock().unwrap().push(format!("{} {text}", event.metadata().level()));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}

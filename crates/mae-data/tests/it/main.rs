@@ -7,9 +7,11 @@ mod common;
 mod formats;
 #[cfg(feature = "hf")]
 mod hf;
+mod list;
 mod loader;
 mod real_data;
 mod spec;
 mod synthetic;
 mod tensor_images;
 mod transform;
+mod wds;

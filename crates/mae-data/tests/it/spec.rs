@@ -28,6 +28,12 @@ fn every_form_parses_and_prints_back() {
         ("synthetic:500", DataSpec::Synthetic { count: 500, split: Split::Train }),
         ("synthetic@test", DataSpec::Synthetic { count: 10_000, split: Split::Test }),
         ("synthetic:64@test", DataSpec::Synthetic { count: 64, split: Split::Test }),
+        ("list:data/train.csv", DataSpec::List { path: "data/train.csv".into() }),
+        (
+            "wds:/s/train-{000000..000099}.tar",
+            DataSpec::Wds { pattern: "/s/train-{000000..000099}.tar".into(), shuffle_buffer: None },
+        ),
+        ("wds:s/*.tar#shuffle=50", DataSpec::Wds { pattern: "s/*.tar".into(), shuffle_buffer: Some(50) }),
     ];
     for (text, expected) in cases {
         let parsed: DataSpec = text.parse().unwrap();
@@ -48,6 +54,10 @@ fn bad_specs_list_the_accepted_forms() {
         "synthetic:ten",
         "hf:mnist",
         "hf:a/b@",
+        "list:",
+        "wds",
+        "wds:s-{9..1}.tar",
+        "wds:s.tar#shuffle=x",
     ] {
         let err = DataSpec::parse(text).unwrap_err();
         assert!(matches!(err, DataError::Spec { .. }), "{text}");

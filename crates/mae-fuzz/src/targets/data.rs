@@ -263,6 +263,11 @@ fn spec_seeds() -> Vec<Seed> {
         "synthetic:100@test",
         "synthetic@test",
         "  synthetic:7  ",
+        "list:data/train.txt",
+        "list:/data/labels.csv",
+        "wds:shards/train-{000000..000099}.tar",
+        "wds:/data/s-{0..3}-{00..09}.tar#shuffle=500",
+        "wds:shards/*.tar",
     ];
     specs.iter().map(|s| Seed::new(*s, s.as_bytes().to_vec())).collect()
 }
