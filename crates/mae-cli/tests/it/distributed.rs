@@ -255,3 +255,68 @@ fn a_failing_rank_stops_the_job_and_the_run_resumes_with_the_same_number_of_rank
     let b = std::fs::read(checkpoints.join("step-00000006/model.safetensors")).unwrap();
     assert!(a == b, "a resumed data-parallel run ends bit-identical to an uninterrupted one");
 }
+
+/// WebDataset shards are split across ranks by shard (docs/data.md): four shards of eight
+/// digits, two ranks, and in every epoch each rank trains on whole shards the other never sees.
+#[test]
+fn two_ranks_read_disjoint_webdataset_shards() {
+    const SHARDS: usize = 4;
+    const PER_SHARD: usize = 8;
+    let mpirun = mpirun();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let digits = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-png/train"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(digits)
+        .unwrap()
+        .flat_map(|class| std::fs::read_dir(class.unwrap().path()).unwrap().map(|e| e.unwrap().path()))
+        .collect();
+    files.sort();
+    assert!(files.len() >= SHARDS * PER_SHARD);
+    for shard in 0..SHARDS {
+        let tar = std::fs::File::create(d.join(format!("digits-{shard:06}.tar"))).unwrap();
+        let mut builder = tar::Builder::new(tar);
+        for (i, file) in files[shard * PER_SHARD..(shard + 1) * PER_SHARD].iter().enumerate() {
+            builder.append_path_with_name(file, format!("s{shard}_{i:02}.png")).unwrap();
+        }
+        builder.into_inner().unwrap();
+    }
+    let args = [
+        "pretrain",
+        "--preset",
+        "mae-vit-micro-patch4-32",
+        "--data",
+        "wds:digits-{000000..000003}.tar",
+        "--batch-size",
+        "4",
+        "--steps",
+        "8",
+        "--workers",
+        "1",
+        "--progress",
+        "silent",
+        "--out",
+        "wds-dp",
+    ];
+    let mut cmd = mpi_cmd(&mpirun, 2, &args);
+    cmd.env("MAE_DEBUG_SAMPLES", d.join("samples-wds"));
+    let job = run(cmd, d, "wds-dp");
+    assert!(job.status.success(), "mpirun -np 2 on shards failed: {}", job.stderr);
+
+    // Dataset indices run shard by shard, so index / PER_SHARD is the shard a sample came from.
+    let shards_by_epoch = |rank| {
+        let mut by_epoch: BTreeMap<u64, HashSet<usize>> = BTreeMap::new();
+        for ((epoch, _), indices) in samples(&d.join("samples-wds"), rank) {
+            by_epoch.entry(epoch).or_default().extend(indices.iter().map(|i| i / PER_SHARD));
+        }
+        by_epoch
+    };
+    let (rank0, rank1) = (shards_by_epoch(0), shards_by_epoch(1));
+    // 8 steps of 2 x 4 images over 32 images: two epochs.
+    assert_eq!(rank0.keys().collect::<Vec<_>>(), [&0, &1], "{rank0:?}");
+    assert_eq!(rank1.keys().collect::<Vec<_>>(), [&0, &1], "{rank1:?}");
+    for epoch in [0, 1] {
+        let (a, b) = (&rank0[&epoch], &rank1[&epoch]);
+        assert!(a.is_disjoint(b), "epoch {epoch}: rank 0 read shards {a:?}, rank 1 {b:?}");
+        assert_eq!(a.len() + b.len(), SHARDS, "epoch {epoch}: every shard is read: {a:?} {b:?}");
+    }
+}
