@@ -34,7 +34,8 @@ impl TensorImages {
     /// channel, as candle-datasets' MNIST); u8, or floats in [0, 1]. `labels`: `[N]` integers
     /// below `num_classes` (class names are then "0", "1", ...). `name` is for messages.
     pub fn new(name: &str, images: &Tensor, labels: Option<&Tensor>, num_classes: usize) -> Result<Self> {
-        let bad = |reason: String| DataError::Spec { input: name.to_string(), reason };
+        // Not a `Spec` error: that one lists the `--data` forms, which a tensor never was.
+        let bad = |reason: String| DataError::Config(format!("images `{name}`: {reason}"));
         let dims = images.dims();
         let (n, chw) = match *dims {
             [n, c, h, w] if (1..=4).contains(&c) => (n, (c, h, w)),
