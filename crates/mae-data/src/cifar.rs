@@ -108,7 +108,7 @@ impl Dataset for Cifar10 {
         }
         let image = RgbImage::from_raw(SIDE as u32, SIDE as u32, rgb)
             .ok_or_else(|| DataError::decode(format!("{}#{index}", self.dir.display()), "bad buffer size"))?;
-        Ok(Sample { image: DynamicImage::ImageRgb8(image), label: Some(record[0] as u32) })
+        Ok(Sample { image: DynamicImage::ImageRgb8(image).into(), label: Some(record[0] as u32) })
     }
 
     fn class_names(&self) -> &[String] {

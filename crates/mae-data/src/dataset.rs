@@ -3,16 +3,17 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{DynamicImage, ImageReader, Limits};
+use image::{ImageReader, Limits};
 
+use crate::bands::Image;
 use crate::error::{DataError, Result};
 use crate::shard_order::ShardLayout;
 
-/// One sample: the decoded image (any colour type and bit depth; the transforms make it RGB)
-/// and its class index when the dataset is labeled.
+/// One sample: the decoded image (any colour type, bit depth and number of bands; the
+/// transforms give it the run's channels) and its class index when the dataset is labeled.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    pub image: DynamicImage,
+    pub image: Image,
     pub label: Option<u32>,
 }
 
@@ -86,8 +87,10 @@ impl Default for DecodeLimits {
 
 /// Decodes an encoded image (JPEG, PNG, WebP, BMP, TIFF, or the first frame of a GIF), guessing
 /// the format from its content rather than from a file extension. `origin` names the sample in
-/// errors.
-pub fn decode_image(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result<DynamicImage> {
+/// errors. TIFFs of more than 4 bands, signed or float gray samples, or several pages of one
+/// size come back as [`Image::Bands`] (see `tiff_bands`); everything else as
+/// [`Image::Standard`].
+pub fn decode_image(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result<Image> {
     if bytes.is_empty() {
         return Err(DataError::decode(origin, "empty file (0 bytes)"));
     }
@@ -105,6 +108,12 @@ pub fn decode_image(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result
     };
     // Before any decoder runs: the tiff decoder reads tag values while reading the header.
     check_tiff_tags(bytes).map_err(|m| DataError::decode(origin, m))?;
+    // TIFFs the image crate cannot hold (its header read already fails on them).
+    if reader(bytes)?.format() == Some(image::ImageFormat::Tiff) {
+        if let Some(bands) = crate::tiff_bands::decode_bands(bytes, origin, limits)? {
+            return Ok(Image::Bands(bands));
+        }
+    }
     // Header first: the pixel cap must hold before the decoder allocates the output.
     let (width, height) = reader(bytes)?.into_dimensions().map_err(|e| DataError::decode(origin, e))?;
     if width as u64 * height as u64 > limits.max_pixels {
@@ -126,7 +135,7 @@ pub fn decode_image(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result
     if image.width() == 0 || image.height() == 0 {
         return Err(DataError::decode(origin, "image has zero width or height"));
     }
-    Ok(image)
+    Ok(Image::Standard(image))
 }
 
 /// The most file data one TIFF tag may hold: the tiff crate's own default limit. The image
@@ -217,7 +226,7 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 }
 
 /// Reads and decodes the image file at `path` (see [`decode_image`]).
-pub fn open_image(path: &Path, limits: &DecodeLimits) -> Result<DynamicImage> {
+pub fn open_image(path: &Path, limits: &DecodeLimits) -> Result<Image> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     decode_image(&bytes, &path.display().to_string(), limits)
 }

@@ -19,6 +19,7 @@
 //! See docs/data.md for the spec forms, the transforms, determinism, the distributed split and
 //! the bad-input policy.
 
+mod bands;
 mod cifar;
 mod dataset;
 mod epoch;
@@ -40,9 +41,11 @@ mod spec;
 mod stats;
 mod synthetic;
 mod tensor_images;
+mod tiff_bands;
 mod transform;
 mod wds;
 
+pub use bands::{BandImage, Image};
 pub use cifar::{Cifar10, CIFAR10_CLASSES};
 pub use dataset::{decode_image, open_image, out_of_range, Dataset, DecodeLimits, Sample};
 pub use epoch::EpochIter;
@@ -68,5 +71,5 @@ pub use transform::{
 };
 pub use wds::{WebDataset, DEFAULT_SHUFFLE_BUFFER};
 
-/// The image crate this one decodes with, for `Sample::image` (`DynamicImage`).
+/// The image crate this one decodes with, for `Image::Standard` (`DynamicImage`).
 pub use image;

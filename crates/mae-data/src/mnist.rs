@@ -146,7 +146,7 @@ impl Dataset for Mnist {
         // The buffer length is rows*cols by construction, so this cannot fail; map it anyway.
         let image = GrayImage::from_raw(self.cols as u32, self.rows as u32, raw)
             .ok_or_else(|| DataError::decode(format!("{}#{index}", self.dir.display()), "bad buffer size"))?;
-        Ok(Sample { image: DynamicImage::ImageLuma8(image), label: Some(self.labels[index] as u32) })
+        Ok(Sample { image: DynamicImage::ImageLuma8(image).into(), label: Some(self.labels[index] as u32) })
     }
 
     fn class_names(&self) -> &[String] {

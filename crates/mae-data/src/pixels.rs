@@ -3,17 +3,20 @@
 
 use std::borrow::Cow;
 
-use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::images::{Image as ResizeImage, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::DynamicImage;
+
+use crate::bands::Image;
 
 use crate::error::{DataError, Result};
 use crate::transform::{CropBox, Normalize};
 
 /// Pixel data in the narrowest form that loses nothing: 8-bit gray (resized once, then
 /// replicated to three channels when RGB is asked for: a third of the work for MNIST-like data),
-/// 8-bit RGB, or float with 1 to 4 interleaved channels for 16-bit and float images, alpha and
-/// gray + alpha (so 16-bit values are scaled to [0, 1], never cut to 8 bits).
+/// 8-bit RGB, or float with any number of interleaved channels for 16-bit and float images,
+/// alpha, gray + alpha and band stacks (so 16-bit values are scaled to [0, 1], never cut to 8
+/// bits).
 #[derive(Debug, Clone)]
 pub(crate) enum Pixels<'a> {
     Gray8(Cow<'a, [u8]>),
@@ -46,7 +49,26 @@ fn float(channels: usize, data: Vec<f32>) -> Pixels<'static> {
 /// dropped, not composited, as PIL's `convert("RGB")`, which torchvision's loaders call, does);
 /// 1 from grayscale (alpha dropped); 2 from gray + alpha; 4 from RGBA. Anything else is an
 /// error: colour is never silently averaged away, nor alpha invented.
-pub(crate) fn to_plane(image: &DynamicImage, channels: usize) -> Result<Plane<'_>> {
+///
+/// A band stack gives its bands when they are as many as the run takes, and a single band is
+/// replicated to 3 as gray is; any other count is an error.
+pub(crate) fn to_plane(image: &Image, channels: usize) -> Result<Plane<'_>> {
+    match image {
+        Image::Standard(image) => standard_plane(image, channels),
+        Image::Bands(b) if b.bands == channels || (b.bands == 1 && channels == 3) => Ok(Plane {
+            width: b.width,
+            height: b.height,
+            pixels: Pixels::F32 { channels: b.bands, data: Cow::Borrowed(&b.data) },
+        }),
+        Image::Bands(b) => Err(DataError::Config(format!(
+            "the image has {} band{}, and the run takes {channels} (--in-channels {channels})",
+            b.bands,
+            if b.bands == 1 { "" } else { "s" }
+        ))),
+    }
+}
+
+fn standard_plane(image: &DynamicImage, channels: usize) -> Result<Plane<'_>> {
     use DynamicImage as D;
     let (width, height) = (image.width(), image.height());
     let has_alpha = image.color().has_alpha();
@@ -127,7 +149,7 @@ pub(crate) fn resize(plane: &Plane<'_>, width: u32, height: u32) -> Result<Plane
             let kind = if plane.pixels.channels() == 1 { PixelType::U8 } else { PixelType::U8x3 };
             let src = ImageRef::new(plane.width, plane.height, p, kind).map_err(|e| fail(&e))?;
             let mut out = vec![0u8; n];
-            let mut dst = Image::from_slice_u8(width, height, &mut out, kind).map_err(|e| fail(&e))?;
+            let mut dst = ResizeImage::from_slice_u8(width, height, &mut out, kind).map_err(|e| fail(&e))?;
             resizer.resize(&src, &mut dst, &options).map_err(|e| fail(&e))?;
             if kind == PixelType::U8 {
                 Pixels::Gray8(Cow::Owned(out))
@@ -141,18 +163,43 @@ pub(crate) fn resize(plane: &Plane<'_>, width: u32, height: u32) -> Result<Plane
                 2 => PixelType::F32x2,
                 3 => PixelType::F32x3,
                 4 => PixelType::F32x4,
-                c => return Err(DataError::Transform(format!("{c} float channels cannot be resized"))),
+                // The resizer's pixel types stop at 4 channels: resize band by band.
+                _ => return resize_bands(plane, *channels, data, width, height),
             };
             let bytes: &[u8] = bytemuck::cast_slice(data.as_ref());
             let src = ImageRef::new(plane.width, plane.height, bytes, kind).map_err(|e| fail(&e))?;
             let mut out = vec![0f32; n];
             let out_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
-            let mut dst = Image::from_slice_u8(width, height, out_bytes, kind).map_err(|e| fail(&e))?;
+            let mut dst = ResizeImage::from_slice_u8(width, height, out_bytes, kind).map_err(|e| fail(&e))?;
             resizer.resize(&src, &mut dst, &options).map_err(|e| fail(&e))?;
             float(*channels, out)
         }
     };
     Ok(Plane { width, height, pixels })
+}
+
+/// Resizes a float plane of more than 4 channels one band at a time (the same separable kernel
+/// per band as the interleaved types use).
+fn resize_bands(
+    plane: &Plane<'_>,
+    channels: usize,
+    data: &[f32],
+    width: u32,
+    height: u32,
+) -> Result<Plane<'static>> {
+    let mut out = vec![0f32; width as usize * height as usize * channels];
+    for b in 0..channels {
+        let band: Vec<f32> = data.iter().skip(b).step_by(channels).copied().collect();
+        let one = Plane { width: plane.width, height: plane.height, pixels: float(1, band) };
+        let resized = resize(&one, width, height)?;
+        let Pixels::F32 { data: resized, .. } = resized.pixels else {
+            return Err(DataError::Transform("resizing a float band gave another pixel type".into()));
+        };
+        for (dst, v) in out.iter_mut().skip(b).step_by(channels).zip(resized.iter()) {
+            *dst = *v;
+        }
+    }
+    Ok(Plane { width, height, pixels: float(channels, out) })
 }
 
 /// Writes `plane` as normalised float CHW into `out` (length C * height * width, C the channels

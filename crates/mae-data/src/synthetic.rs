@@ -153,7 +153,7 @@ impl Dataset for SyntheticShapes {
         };
         let mut rng = sample_rng(self.seed, split, index as u64, stream::SYNTHETIC);
         let image = draw_shape(class, self.size, &mut rng);
-        Ok(Sample { image: DynamicImage::ImageRgb8(image), label: Some(class as u32) })
+        Ok(Sample { image: DynamicImage::ImageRgb8(image).into(), label: Some(class as u32) })
     }
 
     fn class_names(&self) -> &[String] {

@@ -153,7 +153,7 @@ impl Dataset for TensorImages {
         };
         // The buffer holds c*h*w values by construction; map the impossible anyway.
         let image = image.ok_or_else(|| DataError::decode(self.origin(index), "bad buffer size"))?;
-        Ok(Sample { image, label: self.labels.as_ref().map(|l| l[index]) })
+        Ok(Sample { image: image.into(), label: self.labels.as_ref().map(|l| l[index]) })
     }
 
     fn class_names(&self) -> &[String] {

@@ -4,16 +4,17 @@
 //! channels of their [`Normalize`] (3 by default): for 3, grayscale is replicated to RGB and
 //! alpha dropped; for 1, grayscale stays one channel; for 4, RGBA keeps its alpha. 16-bit and
 //! float images are scaled to [0, 1] in f32 (no 8-bit step). An image that cannot give the
-//! channels asked for (RGB for 1) is an error naming the channels.
+//! channels asked for (RGB for 1) is an error naming the channels. Multi-band images (see
+//! [`crate::BandImage`]) give their bands when their count is the run's.
 
 use std::borrow::Cow;
 use std::fmt::Debug;
 
 use candle_core::{Device, Tensor};
-use image::DynamicImage;
 use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
 
+use crate::bands::Image;
 use crate::error::{DataError, Result};
 use crate::pixels::{crop, resize, to_plane, write_chw};
 use crate::rng::{below, uniform, unit_f64};
@@ -80,9 +81,9 @@ impl Normalize {
     }
 }
 
-/// Images have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels here; multi-band files
-/// with more are not read yet.
-pub const MAX_CHANNELS: usize = 4;
+/// The most channels a run takes: images have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)
+/// channels, or as many bands as a multi-band TIFF holds (up to `tiff_bands::MAX_PAGES` pages).
+pub const MAX_CHANNELS: usize = 256;
 
 /// A region of an image, in pixels, as torchvision's `(i, j, h, w)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,10 +107,10 @@ pub trait Transform: Send + Sync + Debug {
     fn check(&self) -> Result<()>;
 
     /// Writes the transformed image as CHW floats into `out` (length channels * height * width).
-    fn apply_into(&self, image: &DynamicImage, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()>;
+    fn apply_into(&self, image: &Image, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()>;
 
-    /// The transformed image as a `[3, H, W]` CPU tensor.
-    fn apply(&self, image: &DynamicImage, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    /// The transformed image as a `[C, H, W]` CPU tensor.
+    fn apply(&self, image: &Image, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         self.check()?;
         let (h, w) = self.output_size();
         let c = self.channels();
@@ -215,7 +216,7 @@ impl Transform for MaeTrainTransform {
         self.normalize.check()
     }
 
-    fn apply_into(&self, image: &DynamicImage, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
+    fn apply_into(&self, image: &Image, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
         let plane = to_plane(image, self.channels())?;
         let crop_box = random_resized_crop_params(plane.width, plane.height, self.scale, self.ratio, rng);
         // Draw the flip after the crop, in torchvision's order.
@@ -292,7 +293,7 @@ impl Transform for EvalTransform {
         self.normalize.check()
     }
 
-    fn apply_into(&self, image: &DynamicImage, _rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
+    fn apply_into(&self, image: &Image, _rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
         let whole = to_plane(image, self.channels())?;
         let plane = crop(&whole, middle_strip(whole.width, whole.height))?;
         let (w, h) = self.resized_size(plane.width, plane.height);

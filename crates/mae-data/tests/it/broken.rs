@@ -169,7 +169,7 @@ fn cifar_validation_and_layout() {
     assert_eq!(train.len(), 10);
     let s = train.get(2).unwrap();
     assert_eq!(s.label, Some(2));
-    assert_eq!(s.image.to_rgb8().get_pixel(5, 7).0, [10, 20, 30]);
+    assert_eq!(s.image.as_standard().unwrap().to_rgb8().get_pixel(5, 7).0, [10, 20, 30]);
     assert_eq!(train.class_names()[9], "truck");
     let err = Cifar10::open(dir.path(), Split::Test).unwrap_err();
     assert!(err.to_string().contains("test_batch.bin") && err.to_string().contains("3073"), "{err}");
@@ -187,7 +187,7 @@ impl Dataset for Panicky {
     }
     fn get(&self, index: usize) -> mae_data::Result<Sample> {
         assert_ne!(index, 3, "decoder bug");
-        Ok(Sample { image: test_card(8, 8), label: None })
+        Ok(Sample { image: test_card(8, 8).into(), label: None })
     }
     fn class_names(&self) -> &[String] {
         &[]

@@ -56,14 +56,14 @@ fn rgba_keeps_its_alpha_with_four_channels_and_drops_it_with_three() {
     let mut rng = sample_rng(0, 0, 0, 0);
     let four =
         EvalTransform { crop_pct: 1.0, ..EvalTransform::new(8) }.with_normalize(Normalize::identity(4));
-    let out = values(&four.apply(&rgba, &mut rng).unwrap());
+    let out = values(&four.apply(&rgba.clone().into(), &mut rng).unwrap());
     assert_eq!(out.len(), 4 * 64);
     for x in 0..8 {
         assert!((out[x] - 1000.0 * x as f32 / 65535.0).abs() < 1e-6);
         assert!((out[3 * 64 + x] - (300.0 * x as f32 + 7.0) / 65535.0).abs() < 1e-6, "alpha of pixel {x}");
     }
     let three = EvalTransform { crop_pct: 1.0, normalize: Normalize::IDENTITY, ..EvalTransform::new(8) };
-    assert_eq!(values(&three.apply(&rgba, &mut rng).unwrap())[..3 * 64], out[..3 * 64]);
+    assert_eq!(values(&three.apply(&rgba.clone().into(), &mut rng).unwrap())[..3 * 64], out[..3 * 64]);
 }
 
 #[test]
@@ -73,7 +73,7 @@ fn images_that_cannot_give_the_channels_asked_for_are_errors_naming_them() {
     let mut rng = sample_rng(0, 0, 0, 0);
     let with = |c| EvalTransform::new(4).with_normalize(Normalize::identity(c));
     for (image, channels) in [(&rgb, 1), (&rgb, 4), (&gray, 4), (&gray, 2)] {
-        let err = with(channels).apply(image, &mut rng).unwrap_err();
+        let err = with(channels).apply(&image.clone().into(), &mut rng).unwrap_err();
         let message = err.to_string();
         assert!(
             matches!(err, DataError::Config(_)) && message.contains(&format!("--in-channels {channels}")),
@@ -81,9 +81,13 @@ fn images_that_cannot_give_the_channels_asked_for_are_errors_naming_them() {
         );
     }
     // Gray to RGB is replicated, and gray stays one channel.
-    assert_eq!(values(&with(3).apply(&gray, &mut rng).unwrap()), vec![9.0 / 255.0; 48]);
-    assert_eq!(values(&with(1).apply(&gray, &mut rng).unwrap()), vec![9.0 / 255.0; 16]);
-    for bad in [Normalize::new(vec![0.5; 2], vec![0.2; 3]), Normalize::identity(5), Normalize::identity(0)] {
+    assert_eq!(values(&with(3).apply(&gray.clone().into(), &mut rng).unwrap()), vec![9.0 / 255.0; 48]);
+    assert_eq!(values(&with(1).apply(&gray.clone().into(), &mut rng).unwrap()), vec![9.0 / 255.0; 16]);
+    for bad in [
+        Normalize::new(vec![0.5; 2], vec![0.2; 3]),
+        Normalize::identity(mae_data::MAX_CHANNELS + 1),
+        Normalize::identity(0),
+    ] {
         assert!(EvalTransform::new(4).with_normalize(bad).check().is_err());
     }
 }

@@ -162,3 +162,115 @@ impl tracing::Subscriber for Capture {
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
+
+/// A TIFF sample type: (BitsPerSample, SampleFormat 1 unsigned / 2 signed / 3 float).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TiffSample {
+    U8,
+    U16,
+    U32,
+    I16,
+    F32,
+}
+
+/// One page of an uncompressed, MinIsBlack TIFF: `values` interleaved by pixel
+/// (`(y * width + x) * samples + s`), stored chunky or planar (one strip per plane).
+pub struct TiffPage<'a> {
+    pub width: u32,
+    pub height: u32,
+    pub samples: u16,
+    pub sample: TiffSample,
+    pub planar: bool,
+    pub values: &'a [f64],
+}
+
+/// A little-endian classic TIFF of `pages`, written by hand so that the tests control every
+/// tag (the image crate's encoder writes neither multi-band, signed, planar nor paged files).
+pub fn tiff_bytes(pages: &[TiffPage<'_>]) -> Vec<u8> {
+    let mut out = b"II*\0\0\0\0\0".to_vec();
+    let mut link = 4; // where the offset of the next IFD goes
+    for page in pages {
+        let (bits, format) = match page.sample {
+            TiffSample::U8 => (8u16, 1u16),
+            TiffSample::U16 => (16, 1),
+            TiffSample::U32 => (32, 1),
+            TiffSample::I16 => (16, 2),
+            TiffSample::F32 => (32, 3),
+        };
+        let n = page.samples as usize;
+        let pixels = (page.width * page.height) as usize;
+        assert_eq!(page.values.len(), pixels * n);
+        let order: Vec<usize> = if page.planar {
+            (0..n).flat_map(|s| (0..pixels).map(move |p| p * n + s)).collect()
+        } else {
+            (0..pixels * n).collect()
+        };
+        let data_at = out.len() as u32;
+        for i in order {
+            let v = page.values[i];
+            match page.sample {
+                TiffSample::U8 => out.push(v as u8),
+                TiffSample::U16 => out.extend((v as u16).to_le_bytes()),
+                TiffSample::U32 => out.extend((v as u32).to_le_bytes()),
+                TiffSample::I16 => out.extend((v as i16).to_le_bytes()),
+                TiffSample::F32 => out.extend((v as f32).to_le_bytes()),
+            }
+        }
+        let strips = if page.planar { n } else { 1 };
+        let strip_len = (out.len() as u32 - data_at) / strips as u32;
+        // Arrays that do not fit in an entry's 4 bytes go here, before the IFD.
+        let array = |out: &mut Vec<u8>, values: Vec<u32>, short: bool| -> (u32, u32) {
+            let bytes: Vec<u8> = if short {
+                values.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect()
+            } else {
+                values.iter().flat_map(|&v| v.to_le_bytes()).collect()
+            };
+            if bytes.len() <= 4 {
+                let mut inline = [0u8; 4];
+                inline[..bytes.len()].copy_from_slice(&bytes);
+                (values.len() as u32, u32::from_le_bytes(inline))
+            } else {
+                if out.len() % 2 == 1 {
+                    out.push(0);
+                }
+                let at = out.len() as u32;
+                out.extend(bytes);
+                (values.len() as u32, at)
+            }
+        };
+        let bits_entry = array(&mut out, vec![bits as u32; n], true);
+        let format_entry = array(&mut out, vec![format as u32; n], true);
+        let offsets = array(&mut out, (0..strips as u32).map(|s| data_at + s * strip_len).collect(), false);
+        let counts = array(&mut out, vec![strip_len; strips], false);
+        const SHORT: u16 = 3;
+        const LONG: u16 = 4;
+        let entries: [(u16, u16, (u32, u32)); 11] = [
+            (256, LONG, (1, page.width)),
+            (257, LONG, (1, page.height)),
+            (258, SHORT, bits_entry),
+            (259, SHORT, (1, 1)),
+            (262, SHORT, (1, 1)),
+            (273, LONG, offsets),
+            (277, SHORT, (1, n as u32)),
+            (278, LONG, (1, page.height)),
+            (279, LONG, counts),
+            (284, SHORT, (1, if page.planar { 2 } else { 1 })),
+            (339, SHORT, format_entry),
+        ];
+        if out.len() % 2 == 1 {
+            out.push(0);
+        }
+        let ifd_at = out.len() as u32;
+        out[link..link + 4].copy_from_slice(&ifd_at.to_le_bytes());
+        out.extend((entries.len() as u16).to_le_bytes());
+        for (tag, kind, (count, value)) in entries {
+            out.extend(tag.to_le_bytes());
+            out.extend(kind.to_le_bytes());
+            out.extend(count.to_le_bytes());
+            out.extend(value.to_le_bytes());
+        }
+        link = out.len();
+        out.extend(0u32.to_le_bytes());
+    }
+    out
+}

@@ -47,7 +47,7 @@ fn all_formats_in_a_labeled_tree() {
     assert_eq!(ds.len(), 8, "loose.png (root) and .hidden.png are not samples");
     let labels: Vec<u32> = (0..ds.len()).map(|i| ds.get(i).unwrap().label.unwrap()).collect();
     assert_eq!(labels, vec![0, 0, 0, 1, 1, 1, 1, 2]);
-    let gif = ds.get(7).unwrap().image.to_rgb8();
+    let gif = ds.get(7).unwrap().image.as_standard().unwrap().to_rgb8();
     assert_eq!(gif.get_pixel(3, 3).0, [255, 0, 0], "first frame of the GIF");
     for i in 0..7 {
         let image = ds.get(i).unwrap().image;

@@ -101,8 +101,8 @@ fn reads_a_mnist_like_repo_from_the_cache() {
     assert_eq!(ds.len(), 4);
     assert_eq!(ds.class_names(), ["zero", "one", "two"]);
     let s = ds.get(1).unwrap();
-    assert_eq!((s.image.width(), s.label), (11, Some(2)));
-    assert_eq!(s.image.to_rgb8(), test_card(11, 10).to_rgb8());
+    assert_eq!((s.image.as_standard().unwrap().width(), s.label), (11, Some(2)));
+    assert_eq!(s.image.as_standard().unwrap().to_rgb8(), test_card(11, 10).to_rgb8());
     let err = ds.get(2).unwrap_err();
     assert!(err.is_sample_error() && err.to_string().contains("row 2"), "{err}");
     let test_split = open(&"hf:ylecun/mnist@test".parse().unwrap(), &options).unwrap();
@@ -200,7 +200,7 @@ fn downloads_through_the_hub_api_into_an_empty_cache_then_opens_offline() {
     // Offline now: the cached split opens with no request; the other split is a clear error.
     let before = server.requests().len();
     let again = open(&"hf:ylecun/mnist@test".parse().unwrap(), &offline(cache.path())).unwrap();
-    assert_eq!(again.get(0).unwrap().image.to_rgb8(), test_card(20, 10).to_rgb8());
+    assert_eq!(again.get(0).unwrap().image.as_standard().unwrap().to_rgb8(), test_card(20, 10).to_rgb8());
     let err = open(&"hf:ylecun/mnist@train".parse().unwrap(), &offline(cache.path())).err().unwrap();
     assert!(err.to_string().contains("split `train`"), "{err}");
     assert_eq!(server.requests().len(), before, "offline opens make no request");

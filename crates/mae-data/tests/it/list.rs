@@ -36,8 +36,14 @@ fn a_txt_list_reads_its_files_relative_to_itself() {
     let folder =
         open(&format!("folder:{}/imgs", tmp.path().display()).parse().unwrap(), &OpenOptions::default())
             .unwrap();
-    assert_eq!(ds.get(0).unwrap().image.as_bytes(), folder.get(3).unwrap().image.as_bytes());
-    assert_eq!(ds.get(2).unwrap().image.as_bytes(), image::open(&absolute).unwrap().as_bytes());
+    assert_eq!(
+        ds.get(0).unwrap().image.as_standard().unwrap().as_bytes(),
+        folder.get(3).unwrap().image.as_standard().unwrap().as_bytes()
+    );
+    assert_eq!(
+        ds.get(2).unwrap().image.as_standard().unwrap().as_bytes(),
+        image::open(&absolute).unwrap().as_bytes()
+    );
 }
 
 #[test]

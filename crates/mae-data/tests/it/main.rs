@@ -1,6 +1,7 @@
 //! Integration tests of mae-data, in one binary so that the workspace links one test executable
 //! for this crate instead of one per file.
 
+mod bands;
 mod broken;
 mod channels;
 mod common;

@@ -25,8 +25,8 @@ fn mnist_idx_counts_and_label_range() {
             assert!(label < 10);
             seen[label] += 1;
             if i < 3 {
-                assert_eq!((sample.image.width(), sample.image.height()), (28, 28));
-                assert!(sample.image.as_luma8().is_some());
+                assert_eq!((sample.image.as_standard().unwrap().width(), sample.image.height()), (28, 28));
+                assert!(sample.image.as_standard().unwrap().as_luma8().is_some());
             }
         }
         assert!(seen.iter().all(|&n| n > count / 20), "every digit is present: {seen:?}");
@@ -46,7 +46,7 @@ fn mnist_reads_plain_and_gzip_alike() {
     for i in [0, 517, 999] {
         let (a, b) = (gz.get(i).unwrap(), plain.get(i).unwrap());
         assert_eq!(a.label, b.label);
-        assert_eq!(a.image.as_bytes(), b.image.as_bytes());
+        assert_eq!(a.image.as_standard().unwrap().as_bytes(), b.image.as_standard().unwrap().as_bytes());
     }
 }
 
@@ -64,7 +64,10 @@ fn png_folder_labels_come_from_folders_and_match_idx() {
         let class_dir = path.parent().unwrap().file_name().unwrap().to_str().unwrap();
         assert_eq!(from_png.label, Some(class_dir.parse().unwrap()), "{}", path.display());
         assert_eq!(from_png.label, from_idx.label, "{}", path.display());
-        assert_eq!(from_png.image.to_luma8().as_raw(), from_idx.image.to_luma8().as_raw());
+        assert_eq!(
+            from_png.image.as_standard().unwrap().to_luma8().as_raw(),
+            from_idx.image.as_standard().unwrap().to_luma8().as_raw()
+        );
     }
     // Stable, sorted order: labels never decrease.
     let labels: Vec<u32> = (0..folder.len()).map(|i| folder.get(i).unwrap().label.unwrap()).collect();

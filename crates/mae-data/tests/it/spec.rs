@@ -74,7 +74,7 @@ fn open_synthetic_uses_the_options() {
     let options = OpenOptions { synthetic_size: 20, synthetic_seed: 3, ..OpenOptions::default() };
     let ds = open(&"synthetic:17@test".parse().unwrap(), &options).unwrap();
     assert_eq!(ds.len(), 17);
-    assert_eq!(ds.get(16).unwrap().image.width(), 20);
+    assert_eq!(ds.get(16).unwrap().image.as_standard().unwrap().width(), 20);
     assert_eq!(ds.class_names().len(), 8);
     assert!(ds.get(17).is_err());
 }

@@ -3,7 +3,7 @@
 use mae_data::{Dataset, Split, SyntheticShapes, SHAPES};
 
 fn pixels(ds: &SyntheticShapes, i: usize) -> Vec<u8> {
-    ds.get(i).unwrap().image.into_rgb8().into_raw()
+    ds.get(i).unwrap().image.into_standard().unwrap().into_rgb8().into_raw()
 }
 
 #[test]
@@ -18,7 +18,7 @@ fn deterministic_for_a_seed_and_independent_of_count() {
     assert_eq!(a.get(13).unwrap().label, Some(13 % 8));
     assert_eq!(a.class_names(), SHAPES.map(String::from));
     let big = SyntheticShapes::new(1, 224, 0, Split::Train).unwrap();
-    assert_eq!(big.get(0).unwrap().image.width(), 224);
+    assert_eq!(big.get(0).unwrap().image.as_standard().unwrap().width(), 224);
     assert!(SyntheticShapes::new(0, 32, 0, Split::Train).is_err());
     assert!(SyntheticShapes::new(5, 2, 0, Split::Train).is_err());
 }
@@ -28,7 +28,7 @@ fn deterministic_for_a_seed_and_independent_of_count() {
 #[test]
 fn classes_are_visible_to_a_trivial_classifier() {
     let features = |ds: &SyntheticShapes, i: usize| -> Vec<f32> {
-        let gray = ds.get(i).unwrap().image.into_luma8();
+        let gray = ds.get(i).unwrap().image.into_standard().unwrap().into_luma8();
         let mean = gray.iter().map(|&v| v as f32).sum::<f32>() / gray.len() as f32;
         // Centred and sign-normalised: the shape's contrast with its background may go either way.
         let v: Vec<f32> = gray.iter().map(|&v| v as f32 - mean).collect();

@@ -14,7 +14,9 @@ fn mnist_as_candle_holds_it(split: Split, n: usize) -> (Mnist, Tensor, Tensor) {
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for i in 0..n {
         let s = mnist.get(i).unwrap();
-        pixels.extend(s.image.to_luma8().into_raw().into_iter().map(|b| b as f32 / 255.0));
+        pixels.extend(
+            s.image.as_standard().unwrap().to_luma8().into_raw().into_iter().map(|b| b as f32 / 255.0),
+        );
         labels.push(s.label.unwrap() as u8);
     }
     let images = Tensor::from_vec(pixels, (n, 784), &Device::Cpu).unwrap();
@@ -26,8 +28,16 @@ fn assert_same_samples(ours: &dyn Dataset, theirs: &dyn Dataset, n: usize) {
     for i in 0..n {
         let (a, b) = (ours.get(i).unwrap(), theirs.get(i).unwrap());
         assert_eq!(a.label, b.label, "label of {i}");
-        assert_eq!(a.image.color(), b.image.color(), "pixel type of {i}");
-        assert_eq!(a.image.as_bytes(), b.image.as_bytes(), "pixels of {i}");
+        assert_eq!(
+            a.image.as_standard().unwrap().color(),
+            b.image.as_standard().unwrap().color(),
+            "pixel type of {i}"
+        );
+        assert_eq!(
+            a.image.as_standard().unwrap().as_bytes(),
+            b.image.as_standard().unwrap().as_bytes(),
+            "pixels of {i}"
+        );
     }
 }
 
@@ -53,7 +63,7 @@ fn channels_first_tensors_become_images_of_their_channels_and_depth() {
     let t = Tensor::from_vec(values.clone(), (2, 3, 4, 5), &Device::Cpu).unwrap();
     let d = TensorImages::new("rgb", &t, None, 0).unwrap();
     assert!(!d.is_labeled());
-    let img = d.get(1).unwrap().image;
+    let img = d.get(1).unwrap().image.into_standard().unwrap();
     assert!(matches!(img, DynamicImage::ImageRgb8(_)));
     assert_eq!((img.width(), img.height()), (5, 4));
     assert_eq!(img.get_pixel(3, 2).0[..3], [60 + 13, 60 + 20 + 13, 60 + 40 + 13]);
@@ -64,14 +74,22 @@ fn channels_first_tensors_become_images_of_their_channels_and_depth() {
         (2, 3, 4, 5),
         &Device::Cpu,
     );
-    let img = TensorImages::new("fine", &fine.unwrap(), None, 0).unwrap().get(0).unwrap().image;
+    let img = TensorImages::new("fine", &fine.unwrap(), None, 0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .image
+        .into_standard()
+        .unwrap();
     assert!(matches!(img, DynamicImage::ImageRgb16(_)), "{:?}", img.color());
     let bytes = Tensor::from_vec((0..24u8).collect::<Vec<_>>(), (2, 1, 3, 4), &Device::Cpu).unwrap();
-    let img = TensorImages::new("u8", &bytes, None, 0).unwrap().get(1).unwrap().image;
+    let img =
+        TensorImages::new("u8", &bytes, None, 0).unwrap().get(1).unwrap().image.into_standard().unwrap();
     assert_eq!(img.to_luma8().into_raw(), (12..24u8).collect::<Vec<_>>());
     // [N, H, W] is one channel.
     let gray = Tensor::zeros((3, 6, 7), DType::F32, &Device::Cpu).unwrap();
-    let img = TensorImages::new("gray", &gray, None, 0).unwrap().get(2).unwrap().image;
+    let img =
+        TensorImages::new("gray", &gray, None, 0).unwrap().get(2).unwrap().image.into_standard().unwrap();
     assert_eq!((img.width(), img.height(), img.color().channel_count()), (7, 6, 1));
 }
 
