@@ -32,6 +32,10 @@ pub struct ReconstructArgs {
     /// Seeds the masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Bands shown: auto (the first three as RGB, or the first in grey below three channels),
+    /// gray (each band in grey, a row each), or three band numbers counted from 1, e.g. 4,3,2.
+    #[arg(long, value_name = "auto|gray|R,G,B", default_value = "auto")]
+    pub bands: mae::visualize::BandView,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -47,6 +51,7 @@ pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
     }
     let size = model.config().image_size[0];
     let channels = model.config().in_channels;
+    args.bands.check(channels).context("--bands")?;
     let normalize = util::run_normalize(Some(&args.weights), channels)
         .unwrap_or_else(|| mae_data::Normalize::default_for(channels));
     let transform = mae_data::EvalTransform::new(size).with_normalize(normalize.clone());
@@ -64,8 +69,11 @@ pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
     let noise = mae::pretrain::batch_noise(args.seed, 0, &(0..b).collect::<Vec<_>>(), l);
     let plan = mae::MaskPlan::from_noise_values(&noise, b, l, model.config().mask_ratio)?;
     let rec = mae::visualize::reconstruct(&model, &pixels, &plan)?;
-    let denormalize =
-        mae::visualize::Denormalize { mean: normalize.mean.to_vec(), std: normalize.std.to_vec() };
+    let denormalize = mae::visualize::Denormalize {
+        mean: normalize.mean.to_vec(),
+        std: normalize.std.to_vec(),
+        bands: args.bands,
+    };
     mae::visualize::save_grid(&rec, &denormalize, &args.out)
         .with_context(|| format!("--out {}", args.out.display()))?;
     eprintln!("wrote {} (original | masked | reconstruction | reconstruction + visible)", args.out.display());

@@ -306,7 +306,11 @@ fn pretrain_hooks(cfg: &Pretrain, data: &TrainingData, is_main: bool) -> Result<
         run_dir: cfg.out.clone(),
         preview,
         preview_seed: cfg.seed,
-        denormalize: mae::visualize::Denormalize { mean: cfg.mean.clone(), std: cfg.std.clone() },
+        denormalize: mae::visualize::Denormalize {
+            mean: cfg.mean.clone(),
+            std: cfg.std.clone(),
+            bands: cfg.band_view()?,
+        },
         probe: knn,
         title: format!("{} on {}", cfg.preset, cfg.data),
     })

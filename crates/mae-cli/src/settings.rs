@@ -69,8 +69,9 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub img_size: Option<usize>,
     /// Image channels the model takes: 3 (RGB, the default; gray is replicated, alpha dropped),
-    /// 1 (grayscale, 16-bit precision kept), 2 (gray + alpha) or 4 (RGBA). An image that cannot
-    /// give them (RGB for 1) stops the run with its file named.
+    /// 1 (grayscale, 16-bit precision kept), 2 (gray + alpha), 4 (RGBA), or the band count of
+    /// multi-band TIFFs (up to 256). An image that cannot give them (RGB for 1, 6 bands for 4)
+    /// stops the run with its file named.
     #[arg(long, value_name = "N")]
     pub in_channels: Option<usize>,
     /// Per-channel mean of the [0, 1] pixel values, comma-separated, one per channel (`mae stats`
@@ -80,6 +81,11 @@ pub struct PretrainArgs {
     /// Per-channel standard deviation, as --mean; default: ImageNet's for 3 channels, 0.25 otherwise.
     #[arg(long, value_name = "S,S,S", value_delimiter = ',', num_args = 1)]
     pub std: Option<Vec<f32>>,
+    /// Bands the reconstruction pictures show: auto (the first three as RGB, or the first in grey
+    /// below three channels), gray (each band in grey, a row each), or three band numbers
+    /// counted from 1 as red, green, blue, e.g. 4,3,2. May change on --resume.
+    #[arg(long, value_name = "auto|gray|R,G,B")]
+    pub bands: Option<String>,
     /// Compute precision: f32 (default), or bf16 (mixed precision for GPUs: matrix products in
     /// bf16, weights, optimizer state, norms and the loss in f32). f16 is refused: fp16 training
     /// needs loss scaling.
@@ -146,6 +152,7 @@ impl PretrainArgs {
             in_channels,
             mean,
             std,
+            bands,
             dtype,
             max_nonfinite,
             knn_every,
@@ -224,6 +231,7 @@ impl PretrainArgs {
             init: self.init.clone(),
             mean: self.mean.clone().unwrap_or_else(|| default_stats.mean.to_vec()),
             std: self.std.clone().unwrap_or_else(|| default_stats.std.to_vec()),
+            bands: self.bands.clone(),
             model,
             epochs,
             steps,
@@ -268,6 +276,9 @@ pub struct Pretrain {
     pub mean: Vec<f32>,
     #[serde(default = "imagenet_std")]
     pub std: Vec<f32>,
+    /// What the pictures show (`--bands`); none: auto.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bands: Option<String>,
     pub model: mae::MaeConfig,
     /// Exactly one of `epochs` and `steps` is set (see [`Pretrain::length`]).
     pub epochs: Option<usize>,
@@ -353,11 +364,20 @@ impl Pretrain {
             &mae_data::MaeTrainTransform::new(self.model.image_size[0]).with_normalize(self.normalize()),
         )
         .context("--in-channels, --mean, --std")?;
+        self.band_view()?;
         let [h, w] = self.model.image_size;
         if h != w {
             bail!("{h}x{w} images: non-square training images are not supported by the data pipeline yet");
         }
         Ok(())
+    }
+
+    /// The pictures' bands, checked against the model's channels.
+    pub fn band_view(&self) -> Result<mae::visualize::BandView> {
+        let Some(bands) = &self.bands else { return Ok(Default::default()) };
+        let view: mae::visualize::BandView = bands.parse().map_err(|e| anyhow::anyhow!("--bands {e}"))?;
+        view.check(self.model.in_channels).context("--bands")?;
+        Ok(view)
     }
 
     /// What the trainer and the data pipeline would otherwise fail on (or divide by) later.
@@ -402,6 +422,10 @@ impl Pretrain {
                 ("--knn-test", args.knn_test.is_some()),
             ]),
         )?;
+        if let Some(b) = &args.bands {
+            self.bands = Some(b.clone());
+            self.band_view()?;
+        }
         let run = &args.run;
         if let Some(w) = run.workers {
             self.workers = w;

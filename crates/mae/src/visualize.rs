@@ -11,18 +11,93 @@ use mae_patch::{patchify, unpatchify, MaskPlan};
 use crate::error::{MaeError, Result};
 use crate::model::MaskedAutoencoder;
 
-/// Per-channel normalisation that was applied to the pixels, to undo for display: one mean and
-/// std per channel (a single pair applies to every channel).
+/// How the pictures show the pixels: the per-channel normalisation that was applied, to undo
+/// (one mean and std per channel; a single pair applies to every channel), and which channels
+/// are shown.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Denormalize {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    pub bands: BandView,
 }
 
 impl Default for Denormalize {
     /// ImageNet statistics, the MAE transform's default.
     fn default() -> Self {
-        Self { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] }
+        Self { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], bands: BandView::Auto }
+    }
+}
+
+/// Which channels a picture shows (`--bands`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BandView {
+    /// Three or more channels: the first three as RGB (RGBA without its alpha); one or two: the
+    /// first in grey.
+    #[default]
+    Auto,
+    /// These three channels (0-based) as red, green and blue: a false-colour composite.
+    Rgb([usize; 3]),
+    /// Every channel in grey, one row of panels per channel.
+    EachGray,
+}
+
+impl BandView {
+    /// Whether images of `channels` channels have the bands shown.
+    pub fn check(self, channels: usize) -> Result<()> {
+        self.rows(channels).map(|_| ())
+    }
+
+    /// The channel triples shown for an image of `channels` channels, one per row of panels.
+    fn rows(self, channels: usize) -> Result<Vec<[usize; 3]>> {
+        Ok(match self {
+            BandView::Auto if channels >= 3 => vec![[0, 1, 2]],
+            BandView::Auto => vec![[0; 3]],
+            BandView::Rgb(t) => {
+                if let Some(&b) = t.iter().find(|&&b| b >= channels) {
+                    return Err(MaeError::Config(format!(
+                        "band {} is shown, and the images have {channels} (bands count from 1)",
+                        b + 1
+                    )));
+                }
+                vec![t]
+            }
+            BandView::EachGray => (0..channels).map(|b| [b; 3]).collect(),
+        })
+    }
+}
+
+impl std::str::FromStr for BandView {
+    type Err = String;
+
+    /// `auto`, `gray` (each band in grey), or three band numbers counted from 1 as GDAL does,
+    /// e.g. `4,3,2` (Sentinel-2's true colour from its bands 4, 3 and 2 in order).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "auto" => return Ok(BandView::Auto),
+            "gray" | "grey" => return Ok(BandView::EachGray),
+            _ => {}
+        }
+        let numbers: Vec<usize> = s
+            .split(',')
+            .map(|b| b.trim().parse::<usize>().ok().filter(|&b| b >= 1))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                format!("`{s}`: expected `auto`, `gray` or three band numbers from 1, e.g. 3,2,1")
+            })?;
+        match numbers[..] {
+            [r, g, b] => Ok(BandView::Rgb([r - 1, g - 1, b - 1])),
+            _ => Err(format!("`{s}`: three band numbers (red, green, blue), e.g. 3,2,1")),
+        }
+    }
+}
+
+impl std::fmt::Display for BandView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BandView::Auto => write!(f, "auto"),
+            BandView::EachGray => write!(f, "gray"),
+            BandView::Rgb([r, g, b]) => write!(f, "{},{},{}", r + 1, g + 1, b + 1),
+        }
     }
 }
 
@@ -71,18 +146,17 @@ fn stat(values: &[f32], c: usize, missing: f32) -> f32 {
     values.get(c).or(values.last()).copied().unwrap_or(missing)
 }
 
-/// `[C, H, W]` normalised pixels -> an RGB picture (grayscale models are shown in grey, RGBA
-/// without its alpha).
-fn to_rgb(img: &Tensor, denorm: &Denormalize) -> Result<RgbImage> {
-    let (c, h, w) = img.dims3()?;
+/// `[C, H, W]` normalised pixels -> an RGB picture of channels `sources` (the same channel thrice
+/// for grey).
+fn to_rgb(img: &Tensor, denorm: &Denormalize, sources: [usize; 3]) -> Result<RgbImage> {
+    let (_, h, w) = img.dims3()?;
     let data = img.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let mut out = RgbImage::new(w as u32, h as u32);
     for y in 0..h {
         for x in 0..w {
             let mut px = [0u8; 3];
             for (ch, v) in px.iter_mut().enumerate() {
-                // RGB(A) shows its first three channels; gray (+ alpha) shows its first in grey.
-                let src = if c >= 3 { ch } else { 0 };
+                let src = sources[ch];
                 let (std, mean) = (stat(&denorm.std, src, 1.0), stat(&denorm.mean, src, 0.0));
                 let value = data[src * h * w + y * w + x] * std + mean;
                 *v = (value.clamp(0.0, 1.0) * 255.0).round() as u8;
@@ -93,18 +167,21 @@ fn to_rgb(img: &Tensor, denorm: &Denormalize) -> Result<RgbImage> {
     Ok(out)
 }
 
-/// Lays the panels out as a grid (one row per image, four columns), each panel scaled up by an
-/// integer factor so small images stay visible, and writes it as PNG.
+/// Lays the panels out as a grid (one row per image, or per image and band with
+/// [`BandView::EachGray`]; four columns), each panel scaled up by an integer factor so small
+/// images stay visible, and writes it as PNG.
 pub fn save_grid(rec: &Reconstruction, denorm: &Denormalize, path: &Path) -> Result<()> {
-    let (b, _, h, w) = rec.original.dims4()?;
+    let (b, c, h, w) = rec.original.dims4()?;
+    let views = denorm.bands.rows(c)?;
+    let rows = (b * views.len()) as u32;
     let scale = (128 / h.max(w)).max(1) as u32;
     let (cell_w, cell_h, gap) = (w as u32 * scale, h as u32 * scale, 4u32);
     let mut canvas =
-        RgbImage::from_pixel(4 * cell_w + 5 * gap, b as u32 * cell_h + (b as u32 + 1) * gap, Rgb([255; 3]));
+        RgbImage::from_pixel(4 * cell_w + 5 * gap, rows * cell_h + (rows + 1) * gap, Rgb([255; 3]));
     for (col, panel) in [&rec.original, &rec.masked, &rec.reconstruction, &rec.pasted].into_iter().enumerate()
     {
-        for row in 0..b {
-            let small = to_rgb(&panel.get(row)?, denorm)?;
+        for row in 0..b * views.len() {
+            let small = to_rgb(&panel.get(row / views.len())?, denorm, views[row % views.len()])?;
             let big = image::imageops::resize(&small, cell_w, cell_h, image::imageops::FilterType::Nearest);
             let (x0, y0) = (gap + col as u32 * (cell_w + gap), gap + row as u32 * (cell_h + gap));
             image::imageops::replace(&mut canvas, &big, x0 as i64, y0 as i64);
@@ -146,6 +223,45 @@ mod tests {
         save_grid(&rec, &Denormalize::default(), &path)?;
         let img = image::open(&path).map_err(|e| MaeError::Config(e.to_string()))?;
         assert_eq!((img.width(), img.height()), (4 * 128 + 20, 2 * 128 + 12));
+        Ok(())
+    }
+
+    #[test]
+    fn band_views_parse_from_one_and_round_trip() {
+        assert_eq!("3,2,1".parse(), Ok(BandView::Rgb([2, 1, 0])));
+        assert_eq!(" gray ".parse(), Ok(BandView::EachGray));
+        for view in [BandView::Auto, BandView::EachGray, BandView::Rgb([3, 0, 12])] {
+            assert_eq!(view.to_string().parse(), Ok(view));
+        }
+        for bad in ["0,1,2", "1,2", "1,2,3,4", "red", "1,,2", ""] {
+            assert!(bad.parse::<BandView>().is_err(), "{bad}");
+        }
+    }
+
+    /// Five flat bands (band b at value b / 10): a composite shows the chosen ones in its colour
+    /// channels, `gray` gives a row per band, and a band past the last is an error naming it.
+    #[test]
+    fn band_views_pick_the_shown_channels() -> Result<()> {
+        let levels: Vec<f32> = (0..5).flat_map(|b| vec![b as f32 / 10.0; 16]).collect();
+        let image = Tensor::from_vec(levels, (1, 5, 4, 4), &Device::Cpu)?;
+        let rec = Reconstruction {
+            original: image.clone(),
+            masked: image.clone(),
+            reconstruction: image.clone(),
+            pasted: image,
+        };
+        let dir = tempfile::tempdir().map_err(|e| MaeError::io("tempdir", e))?;
+        let path = dir.path().join("grid.png");
+        let identity = |bands| Denormalize { mean: vec![0.0], std: vec![1.0], bands };
+        save_grid(&rec, &identity(BandView::Rgb([4, 0, 2])), &path)?;
+        let img = image::open(&path).map_err(|e| MaeError::Config(e.to_string()))?.to_rgb8();
+        assert_eq!(img.get_pixel(10, 10).0, [102, 0, 51]);
+        save_grid(&rec, &identity(BandView::EachGray), &path)?;
+        let img = image::open(&path).map_err(|e| MaeError::Config(e.to_string()))?.to_rgb8();
+        assert_eq!(img.height(), 5 * 128 + 6 * 4);
+        assert_eq!(img.get_pixel(10, 4 + 3 * 132 + 10).0, [77; 3]);
+        let err = save_grid(&rec, &identity(BandView::Rgb([5, 0, 1])), &path).unwrap_err();
+        assert!(err.to_string().contains("band 6"), "{err}");
         Ok(())
     }
 }
