@@ -54,14 +54,16 @@ fn samples(color: ColorType) -> usize {
     }
 }
 
-/// Whether the image crate decodes this first page faithfully (what it did before this reader).
+/// Whether the image crate decodes this first page faithfully (what it did before this reader):
+/// its TIFF decoder's own list of colour types (image 0.25's `codecs/tiff.rs`).
 fn image_crate_reads(kind: &PageKind) -> bool {
-    let bits = kind.color.bit_depth();
-    match (kind.format, kind.color) {
-        (_, ColorType::Multiband { .. }) => false,
-        (SampleFormat::Uint, _) => bits <= 16,
-        // RGB(A) float is Rgb32F/Rgba32F there; float gray has no image crate type.
-        (SampleFormat::IEEEFP, ColorType::RGB(32) | ColorType::RGBA(32)) => true,
+    use ColorType as C;
+    match kind.format {
+        SampleFormat::Uint => matches!(
+            kind.color,
+            C::Gray(1 | 8 | 16) | C::GrayA(8 | 16) | C::RGB(8 | 16) | C::RGBA(8 | 16) | C::CMYK(8 | 16)
+        ),
+        SampleFormat::IEEEFP => matches!(kind.color, C::RGB(32) | C::RGBA(32)),
         _ => false,
     }
 }
@@ -89,7 +91,8 @@ pub(crate) fn decode_bands(bytes: &[u8], origin: &str, limits: &DecodeLimits) ->
         return Ok(None);
     }
     let per_page = samples(first.color);
-    if per_page == 0 || matches!(first.color, ColorType::Palette(_) | ColorType::YCbCr(_)) {
+    if per_page == 0 || matches!(first.color, ColorType::Palette(_) | ColorType::YCbCr(_) | ColorType::Lab(_))
+    {
         return Err(fail(&format!("TIFF colour type {:?} cannot be read as bands", first.color)));
     }
     let bands = per_page * pages;

@@ -55,7 +55,7 @@ const LIMITS: DecodeLimits = DecodeLimits { max_pixels: 1 << 20, max_alloc: 32 <
 /// all, plus 16x the input for the decoders' copies of the file.
 pub const IMAGE: Target = Target {
     name: "image",
-    about: "decode_image (1 Mpx cap) then MaeTrainTransform(32), EvalTransform(32), and EvalTransform(16) for 1, 2 and 4 channels",
+    about: "decode_image (1 Mpx cap) then MaeTrainTransform(32), EvalTransform(32), and EvalTransform(16) for 1, 2, 4 and 5 channels",
     seeds: image_seeds,
     dict: &[
         b"IHDR",
@@ -234,7 +234,43 @@ fn image_seeds() -> Vec<Seed> {
             }
         }
     }
+    seeds.extend(band_tiff_seeds());
     seeds
+}
+
+/// TIFFs for mae-data's own band reader (`tiff_bands`): float and signed gray, unsigned 32-bit
+/// RGB, and a stack of five 16-bit pages with a half-size overview.
+fn band_tiff_seeds() -> Vec<Seed> {
+    use tiff::encoder::{colortype, TiffEncoder};
+    let ramp = |n: usize| (0..n).map(|i| (i * 37 % 1000) as u16).collect::<Vec<_>>();
+    let write = |f: &dyn Fn(&mut TiffEncoder<&mut std::io::Cursor<Vec<u8>>>) -> tiff::TiffResult<()>| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut encoder = TiffEncoder::new(&mut out).ok()?;
+        f(&mut encoder).ok()?;
+        Some(out.into_inner())
+    };
+    let floats: Vec<f32> = ramp(24 * 20).iter().map(|&v| v as f32 * 0.5 - 120.0).collect();
+    let signed: Vec<i16> = ramp(24 * 20).iter().map(|&v| v as i16 - 500).collect();
+    let rgb32: Vec<u32> = ramp(16 * 16 * 3).iter().map(|&v| u32::from(v) << 20).collect();
+    let page = ramp(20 * 20);
+    let candidates = [
+        ("float gray 24x20", write(&|e| e.write_image::<colortype::Gray32Float>(24, 20, &floats))),
+        ("int16 gray 24x20", write(&|e| e.write_image::<colortype::GrayI16>(24, 20, &signed))),
+        ("uint32 RGB 16x16", write(&|e| e.write_image::<colortype::RGB32>(16, 16, &rgb32))),
+        (
+            "five 16-bit pages 20x20 and a 10x10 overview",
+            write(&|e| {
+                for _ in 0..5 {
+                    e.write_image::<colortype::Gray16>(20, 20, &page)?;
+                }
+                e.write_image::<colortype::Gray16>(10, 10, &page[..100])
+            }),
+        ),
+    ];
+    candidates
+        .into_iter()
+        .filter_map(|(name, bytes)| Some(Seed::new(format!("TIFF {name}"), bytes?)))
+        .collect()
 }
 
 fn run_image(_dir: &Path, input: &[u8]) -> Result<(), String> {
@@ -242,9 +278,9 @@ fn run_image(_dir: &Path, input: &[u8]) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let _ = MaeTrainTransform::new(32).apply(&image, &mut rng);
     let _ = EvalTransform::new(32).apply(&image, &mut rng);
-    // The other channel counts (`--in-channels`): gray, gray + alpha, RGBA; most images refuse
-    // some of them, which must be an error, never a panic.
-    for channels in [1, 2, 4] {
+    // The other channel counts (`--in-channels`): gray, gray + alpha, RGBA, and the band stacks'
+    // 5; most images refuse some of them, which must be an error, never a panic.
+    for channels in [1, 2, 4, 5] {
         let _ = EvalTransform::new(16).with_normalize(Normalize::identity(channels)).apply(&image, &mut rng);
     }
     Ok(())
