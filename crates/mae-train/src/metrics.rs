@@ -106,8 +106,7 @@ impl MetricsLog {
 
     /// A PNG file (a reconstruction grid) as a TensorBoard image at `step`.
     pub fn log_png(&mut self, tag: &str, step: usize, png: &Path) -> Result<()> {
-        let bytes = std::fs::read(png).map_err(|e| TrainError::io(png, e))?;
-        self.events.png(tag, step as i64, &bytes)
+        self.events.png_file(tag, step as i64, png)
     }
 
     fn csv_rows(&mut self, step: usize, epoch: usize, values: &[(&str, f64)]) -> Result<()> {

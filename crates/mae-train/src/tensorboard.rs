@@ -56,6 +56,12 @@ impl EventWriter {
         self.write_event(&image_event(wall_time(), step, tag, height, width, channels, png))
     }
 
+    /// The PNG file at `path` as an image at `step`.
+    pub fn png_file(&mut self, tag: &str, step: i64, path: &std::path::Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        self.png(tag, step, &bytes)
+    }
+
     fn write_event(&mut self, event: &[u8]) -> Result<()> {
         let record = record(event);
         self.file

@@ -161,9 +161,12 @@ impl PretrainHooks {
     /// also goes to TensorBoard at `step` (in an event file of its own: the trainer's is closed).
     pub fn finish(&mut self, task: &MaeTask, step: usize) -> mae_train::Result<()> {
         self.draw_reconstruction(task, "final")?;
-        for (tag, png) in self.take_images() {
-            let bytes = std::fs::read(&png).map_err(|e| TrainError::io(&png, e))?;
-            mae_train::tensorboard::EventWriter::create(&self.run_dir)?.png(&tag, step as i64, &bytes)?;
+        let images = self.take_images();
+        if !images.is_empty() {
+            let mut events = mae_train::tensorboard::EventWriter::create(&self.run_dir)?;
+            for (tag, png) in images {
+                events.png_file(&tag, step as i64, &png)?;
+            }
         }
         self.draw_loss()
     }
