@@ -111,7 +111,7 @@ mod tests {
         assert!(command_line(["mae", "no-such-command"]).is_err());
         // Found by mae-fuzz: the channel count sized the default statistics before it was checked.
         let err = command_line(["mae", "pretrain", "--in-channels", "18446744073709551615"]).unwrap_err();
-        assert!(format!("{err:#}").contains("1 to 4 channels"), "{err:#}");
+        assert!(format!("{err:#}").contains("1 to 256 channels"), "{err:#}");
     }
 
     #[test]
