@@ -119,7 +119,7 @@ pub(crate) fn decode_bands(bytes: &[u8], origin: &str, limits: &DecodeLimits) ->
         }
         let mut buffer = DecodingResult::U8(Vec::new());
         let layout = decoder.read_image_to_buffer(&mut buffer).map_err(|e| fail(&e))?;
-        let values = to_f32(buffer).map_err(|m| fail(&m))?;
+        let values = to_f32(buffer);
         let planar = decoder.get_tag_u32(Tag::PlanarConfiguration).ok()
             == Some(PlanarConfiguration::Planar as u32)
             && per_page > 1;
@@ -141,10 +141,10 @@ pub(crate) fn decode_bands(bytes: &[u8], origin: &str, limits: &DecodeLimits) ->
         }
     }
     if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+        let (pixel, band) = (at / bands, at % bands + 1);
+        let (x, y) = (pixel % first.width as usize, pixel / first.width as usize);
         return Err(fail(&format!(
-            "sample {} of band {} is {} (no-data values must be filled before training: a NaN makes the loss NaN)",
-            at / bands,
-            at % bands,
+            "band {band} is {} at pixel ({x}, {y}) (no-data values must be filled before training: a NaN makes the loss NaN)",
             data[at]
         )));
     }
@@ -161,14 +161,14 @@ fn tiff_limits(limits: &DecodeLimits) -> Limits {
 
 /// Samples as f32: unsigned integers scaled to [0, 1] by their type's maximum, signed integers
 /// and floats as they are (see [`BandImage`]).
-fn to_f32(result: DecodingResult) -> std::result::Result<Vec<f32>, String> {
+fn to_f32(result: DecodingResult) -> Vec<f32> {
     fn scaled<T: Copy + Into<f64>>(v: Vec<T>, max: f64) -> Vec<f32> {
         v.into_iter().map(|x| (x.into() / max) as f32).collect()
     }
     fn raw<T: Copy + Into<f64>>(v: Vec<T>) -> Vec<f32> {
         v.into_iter().map(|x| x.into() as f32).collect()
     }
-    Ok(match result {
+    match result {
         DecodingResult::U8(v) => scaled(v, u8::MAX as f64),
         DecodingResult::U16(v) => scaled(v, u16::MAX as f64),
         DecodingResult::U32(v) => scaled(v, u32::MAX as f64),
@@ -180,5 +180,5 @@ fn to_f32(result: DecodingResult) -> std::result::Result<Vec<f32>, String> {
         DecodingResult::F16(v) => v.into_iter().map(f32::from).collect(),
         DecodingResult::F32(v) => v,
         DecodingResult::F64(v) => v.into_iter().map(|x| x as f32).collect(),
-    })
+    }
 }

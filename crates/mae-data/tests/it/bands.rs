@@ -147,7 +147,9 @@ fn nan_samples_and_truncated_data_are_decode_errors_naming_the_file() {
         decode_image(&tiff_bytes(&[page(8, 1, TiffSample::F32, false, &v)]), "dem.tif", &Default::default())
             .unwrap_err();
     assert!(
-        err.is_sample_error() && err.to_string().contains("dem.tif") && err.to_string().contains("NaN"),
+        err.is_sample_error()
+            && err.to_string().contains("dem.tif")
+            && err.to_string().contains("band 1 is NaN at pixel (2, 1)"),
         "{err}"
     );
     let good = tiff_bytes(&[page(8, 6, TiffSample::U16, false, &band_values(8, 6))]);
