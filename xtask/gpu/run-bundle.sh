@@ -6,8 +6,9 @@
 #   bash xtask/gpu/run-bundle.sh            # all stages
 #   STAGES="test nccl" bash xtask/gpu/run-bundle.sh
 #
-# Stages: info, test (the parity / mixed-precision / NCCL tests with MAE_TEST_DEVICE=cuda),
-# bench (`mae bench` f32 and bf16, and xtask/bench/torch_bench.py unless TORCH=0), nccl (`mae
+# Stages: info, test (mae-nn's CUDA kernel tests; the parity / mixed-precision / NCCL tests with
+# MAE_TEST_DEVICE=cuda), bench (`mae bench` f32 and bf16, also with MAE_FUSED_CUDA=1, and
+# xtask/bench/torch_bench.py unless TORCH=0), nccl (`mae
 # pretrain --devices`), mnist (tiny preset on data/mnist, then k-NN), train (the quick start
 # in bf16). The CUDA libraries (cuBLAS, cuRAND, NCCL) are taken from the system or from the
 # `nvidia-*` Python wheels that PyTorch installs.
@@ -49,6 +50,12 @@ if stage info; then
 fi
 
 if stage test; then
+    # mae-nn's CUDA kernels (LayerNorm, softmax, GELU, bias add) against candle's composed ops.
+    if [ -x "$B/tests/mae-nn" ]; then
+        step "test mae-nn CUDA kernels"
+        "$B/tests/mae-nn" cuda_tests:: --test-threads 1 2>&1 | tail -25 | tee -a "$OUT/tests.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || failed+=("test:kernels")
+    fi
     # One test binary (crates/mae/tests/it), run once per module that gpu-bundle listed.
     while read -r m; do
         [ -n "$m" ] || continue
@@ -70,13 +77,17 @@ if stage bench; then
             step "bench $1 ($2, batch $3, $dtype)"
             ours=$("$B/mae" bench --preset "$2" --batch-size "$3" --steps 10 --device cuda --dtype "$dtype" --json)
             echo "$ours"
+            # The same with mae-nn's CUDA kernels switched on (off by default until measured).
+            kernels=$(MAE_FUSED_CUDA=1 "$B/mae" bench --preset "$2" --batch-size "$3" --steps 10 --device cuda \
+                      --dtype "$dtype" --json)
+            echo "with MAE_FUSED_CUDA=1: $kernels"
             torch=""
             if [ "${TORCH:-1}" = 1 ] && [ -f xtask/bench/torch_bench.py ]; then
                 torch=$(python3 xtask/bench/torch_bench.py --preset "$2" --batch-size "$3" --steps 10 --warmup 3 \
                         --device cuda --dtype "$dtype" 2>"$RUNS/torch_err.txt" | tail -1)
                 echo "${torch:-PyTorch failed: $(tail -3 "$RUNS/torch_err.txt")}"
             fi
-            echo "{\"config\": \"$1\", \"dtype\": \"$dtype\", \"ours\": ${ours:-null}, \"torch\": ${torch:-null}}" >>"$OUT/bench.jsonl"
+            echo "{\"config\": \"$1\", \"dtype\": \"$dtype\", \"ours\": ${ours:-null}, \"ours_kernels\": ${kernels:-null}, \"torch\": ${torch:-null}}" >>"$OUT/bench.jsonl"
         done
     done
 fi

@@ -21,8 +21,8 @@ USAGE:
     cargo xtask gpu-bundle [--fetch-nvcc] [--compute-cap N] [--out DIR] [--pack]
 
 Builds, in release with the features mae-cli/cuda and mae-cli/nccl (target dir target/cuda):
-    the `mae` binary, and the test binaries parity_hf, parity_lightly, mixed_precision,
-    gradients and nccl of the mae crate,
+    the `mae` binary, the test binaries parity_hf, parity_lightly, mixed_precision,
+    gradients and nccl of the mae crate, and mae-nn's unit tests (its CUDA kernels' tests),
 and copies them to DIR (default .gpu-bundle/: `mae`, `tests/<name>`). Copy the repository with
 that folder to the GPU machine and run there, from the repository root:
 
@@ -49,6 +49,9 @@ pub const GPU_TESTS: [&str; 5] = ["parity_hf", "parity_lightly", "mixed_precisio
 
 /// The mae crate's one integration-test binary (crates/mae/tests/it).
 const TEST_BINARY: &str = "it";
+
+/// Where the bundle holds mae-nn's unit tests (the CUDA kernels' tests among them).
+const KERNEL_TESTS: &str = "mae-nn";
 
 /// `(library, soname)` of the stand-ins: what cudarc's dynamic linking asks for, CUDA 13.
 const STUBS: [(&str, &str); 7] = [
@@ -102,7 +105,9 @@ pub fn main(argv: Vec<String>) -> Result<()> {
 
     println!("\n==> build the GPU tests");
     let test_exe = build_tests(&root, &env)?;
+    let kernel_tests = build_kernel_tests(&root, &env)?;
     assemble(&root, &out, &test_exe)?;
+    copy(&kernel_tests, &out.join("tests").join(KERNEL_TESTS))?;
     if o.pack {
         pack(&root, &out)?;
     }
@@ -132,10 +137,25 @@ fn build_env(root: &Path, o: &Opts) -> Result<Vec<(&'static str, OsString)>> {
 
 /// Build the mae crate's test binary (without running it); returns its path.
 fn build_tests(root: &Path, env: &[(&'static str, OsString)]) -> Result<PathBuf> {
+    test_binary(root, env, &["-p", "mae", "--features", "cuda,nccl", "--test", TEST_BINARY], TEST_BINARY)
+}
+
+/// The unit tests of mae-nn with its CUDA kernels (`fused::tests::cuda_tests`), which
+/// run-bundle.sh runs before switching the kernels on in the benchmark.
+fn build_kernel_tests(root: &Path, env: &[(&'static str, OsString)]) -> Result<PathBuf> {
+    test_binary(root, env, &["-p", "mae-nn", "--features", "cuda", "--lib"], "mae_nn")
+}
+
+/// Builds (without running) the test target `name` that `selection` picks; returns its path.
+fn test_binary(
+    root: &Path,
+    env: &[(&'static str, OsString)],
+    selection: &[&str],
+    name: &str,
+) -> Result<PathBuf> {
     let mut cmd = util::cargo_cmd(root);
     toolkit::apply_env(&mut cmd, env);
-    cmd.args(["test", "--release", "-p", "mae", "--features", "cuda,nccl", "--no-run"]);
-    cmd.args(["--message-format=json", "--test", TEST_BINARY]);
+    cmd.args(["test", "--release", "--no-run", "--message-format=json"]).args(selection);
     let output = cmd
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -144,9 +164,9 @@ fn build_tests(root: &Path, env: &[(&'static str, OsString)]) -> Result<PathBuf>
         return fail(format!("building the GPU tests failed ({})", util::describe(output.status)));
     }
     let tests = test_executables(&String::from_utf8_lossy(&output.stdout));
-    match tests.into_iter().find(|(name, _)| name == TEST_BINARY) {
+    match tests.into_iter().find(|(target, _)| target == name) {
         Some((_, exe)) => Ok(PathBuf::from(exe)),
-        None => fail(format!("cargo did not report the test binary `{TEST_BINARY}`")),
+        None => fail(format!("cargo did not report the test binary `{name}`")),
     }
 }
 

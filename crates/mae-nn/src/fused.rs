@@ -7,9 +7,15 @@
 //! each is one pass over rows on rayon's pool (the one gemm uses), forward and backward.
 //!
 //! Every function falls back to the composed ops ([`composed`]) where a kernel does not apply:
-//! other devices (candle's CUDA and Metal kernels run the composed ops), other dtypes. Results
-//! agree with the composed ops within f32 rounding (tests below), and are deterministic: the
-//! sums over rows run in fixed chunks, added in order, whatever the number of threads.
+//! other devices (Metal runs the composed ops), other dtypes. Results agree with the composed
+//! ops within f32 rounding (tests below), and are deterministic: the sums over rows run in fixed
+//! chunks, added in order, whatever the number of threads.
+//!
+//! With the `cuda` feature each op also has a CUDA kernel (src/fused.cu, launched by
+//! `fused_cuda`), used for f32 tensors on a CUDA device once switched on: `MAE_FUSED_CUDA=1`
+//! or [`set_cuda_kernels`]. They are off by default until they have passed their tests on a GPU
+//! (`cuda_tests` below, through `xtask/gpu/run-bundle.sh`); candle's composed ops run there
+//! until then.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -23,7 +29,7 @@ pub(crate) const ROWS_PER_CHUNK: usize = 32;
 /// Elements per task of the element-wise loops.
 const ELEMS_PER_CHUNK: usize = 1 << 14;
 
-/// True where the kernels here apply: f32 tensors on the CPU, unless `MAE_FUSED_CPU=0` (read
+/// True where the CPU kernels here apply: f32 tensors on the CPU, unless `MAE_FUSED_CPU=0` (read
 /// once) asks for candle's composed ops, to compare speed or to rule the kernels out of a bug.
 pub(crate) fn on_cpu_f32(tensors: &[&Tensor]) -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -31,9 +37,40 @@ pub(crate) fn on_cpu_f32(tensors: &[&Tensor]) -> bool {
         && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
+/// Whether the CUDA kernels run (see the module docs): `MAE_FUSED_CUDA=1` at start, or
+/// [`set_cuda_kernels`]. 0 unset, 1 off, 2 on.
+static CUDA_KERNELS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Switches the CUDA kernels of these ops on or off (a build without the `cuda` feature has
+/// none, and ignores this).
+pub fn set_cuda_kernels(enabled: bool) {
+    CUDA_KERNELS.store(if enabled { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn cuda_kernels_on() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match CUDA_KERNELS.load(Relaxed) {
+        0 => {
+            let on = std::env::var("MAE_FUSED_CUDA").is_ok_and(|v| v.trim() == "1");
+            CUDA_KERNELS.store(if on { 2 } else { 1 }, Relaxed);
+            on
+        }
+        v => v == 2,
+    }
+}
+
+/// True where an op of this module runs its own kernel: the CPU kernels ([`on_cpu_f32`]), or
+/// the CUDA ones for f32 tensors on a CUDA device when switched on.
+fn use_kernels(tensors: &[&Tensor]) -> bool {
+    on_cpu_f32(tensors)
+        || (cfg!(feature = "cuda")
+            && cuda_kernels_on()
+            && tensors.iter().all(|t| t.device().is_cuda() && t.dtype() == DType::F32))
+}
+
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    if !on_cpu_f32(&[x, weight, bias]) {
+    if !use_kernels(&[x, weight, bias]) {
         return composed::layer_norm(x, weight, bias, eps);
     }
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })
@@ -41,7 +78,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !on_cpu_f32(&[x]) {
+    if !use_kernels(&[x]) {
         return composed::softmax_last_dim(x);
     }
     x.contiguous()?.apply_op1(Softmax)
@@ -49,7 +86,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// The exact GELU, `x * Phi(x)` with the normal CDF through erf (timm's and HF's `gelu`).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if !on_cpu_f32(&[x]) {
+    if !use_kernels(&[x]) {
         return x.gelu_erf();
     }
     x.contiguous()?.apply_op1(Gelu)
@@ -57,7 +94,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 /// `y + bias` with `bias` of the last dimension's size, broadcast over the leading ones.
 pub fn add_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if !on_cpu_f32(&[y, bias]) || bias.rank() != 1 {
+    if !use_kernels(&[y, bias]) || bias.rank() != 1 {
         return y.broadcast_add(bias);
     }
     y.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
@@ -184,6 +221,21 @@ impl CustomOp3 for LayerNorm {
         "mae-layer-norm"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = row_len(xl, Some(wl), "layer_norm weight")?;
+        row_len(xl, Some(bl), "layer_norm bias")?;
+        crate::fused_cuda::layer_norm((xs, xl), (ws, wl), (bs, bl), d, self.eps)
+    }
+
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
@@ -237,6 +289,20 @@ impl CustomOp3 for LayerNormGradInput {
         "mae-layer-norm-grad-input"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = row_len(xl, Some(wl), "layer_norm backward")?;
+        crate::fused_cuda::layer_norm_grad_input((xs, xl), (ws, wl), (gs, gl), d, self.eps)
+    }
+
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
@@ -283,6 +349,18 @@ impl CustomOp2 for LayerNormGradParams {
         "mae-layer-norm-grad-params"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = row_len(xl, None, "layer_norm backward")?;
+        crate::fused_cuda::layer_norm_grad_params((xs, xl), (gs, gl), d, self.eps)
+    }
+
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
@@ -318,6 +396,16 @@ struct Softmax;
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
         "mae-softmax"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = row_len(xl, None, "softmax")?;
+        crate::fused_cuda::softmax((xs, xl), d)
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -356,6 +444,18 @@ impl CustomOp2 for SoftmaxGrad {
         "mae-softmax-grad"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = row_len(yl, None, "softmax backward")?;
+        crate::fused_cuda::softmax_grad((ys, yl), (gs, gl), d)
+    }
+
     fn cpu_fwd(
         &self,
         ys: &CpuStorage,
@@ -392,6 +492,15 @@ impl CustomOp1 for Gelu {
         "mae-gelu-erf"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::fused_cuda::gelu((xs, xl))
+    }
+
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(xs, xl, "gelu")?;
         let y = fill_pieces(
@@ -420,6 +529,17 @@ struct GeluGrad;
 impl CustomOp2 for GeluGrad {
     fn name(&self) -> &'static str {
         "mae-gelu-erf-grad"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::fused_cuda::gelu_grad((xs, xl), (gs, gl))
     }
 
     fn cpu_fwd(
@@ -459,6 +579,18 @@ struct AddBias;
 impl CustomOp2 for AddBias {
     fn name(&self) -> &'static str {
         "mae-add-bias"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = row_len(yl, Some(bl), "bias add")?;
+        crate::fused_cuda::add_bias((ys, yl), (bs, bl), d)
     }
 
     fn cpu_fwd(
@@ -507,6 +639,16 @@ struct ColumnSums;
 impl CustomOp1 for ColumnSums {
     fn name(&self) -> &'static str {
         "mae-column-sums"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = row_len(gl, None, "column sums")?;
+        crate::fused_cuda::column_sums((gs, gl), d)
     }
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -596,5 +738,72 @@ mod tests {
         let err = add_bias(&values(&[4, 8], 13, 1.0)?, &values(&[7], 14, 1.0)?).unwrap_err().to_string();
         assert!(err.contains("bias add"), "{err}");
         Ok(())
+    }
+
+    /// The CUDA kernels against candle's composed ops on the same GPU, values and gradients, at
+    /// shapes with partial warps, blocks and column chunks. Skipped (with a line saying so)
+    /// where no CUDA device is present: `xtask/gpu/run-bundle.sh` runs them on one.
+    #[cfg(feature = "cuda")]
+    mod cuda_tests {
+        use super::*;
+
+        fn gpu() -> Option<Device> {
+            let device = Device::new_cuda(0).ok();
+            if device.is_none() {
+                eprintln!("no CUDA device: the CUDA kernel test is skipped");
+            }
+            set_cuda_kernels(true);
+            device
+        }
+
+        fn on(device: &Device, shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
+            values(shape, seed, scale)?.to_device(device)
+        }
+
+        #[test]
+        fn cuda_kernels_match_the_composed_ops_forward_and_backward() -> Result<()> {
+            let Some(gpu) = gpu() else { return Ok(()) };
+            // 600 rows: three column chunks of 256, the last partial; widths off the warp size.
+            for d in [48, 100, 768] {
+                let x = (on(&gpu, &[600, d], 1, 3.0)? + 2.0)?;
+                let (w, b) = (on(&gpu, &[d], 2, 1.5)?, on(&gpu, &[d], 3, 0.5)?);
+                check(
+                    &[x, w, b],
+                    1e-4,
+                    |t| layer_norm(&t[0], &t[1], &t[2], 1e-6),
+                    |t| composed::layer_norm(&t[0], &t[1], &t[2], 1e-6),
+                )?;
+                let (y, bias) = (on(&gpu, &[600, d], 6, 2.0)?, on(&gpu, &[d], 7, 1.0)?);
+                check(&[y, bias], 1e-5, |t| add_bias(&t[0], &t[1]), |t| t[0].broadcast_add(&t[1]))?;
+            }
+            for tokens in [17, 50, 197] {
+                let x = on(&gpu, &[3, 4, tokens, tokens], 4, 6.0)?;
+                check(&[x], 1e-5, |t| softmax_last_dim(&t[0]), |t| composed::softmax_last_dim(&t[0]))?;
+            }
+            check(&[on(&gpu, &[5, 33, 40], 5, 5.0)?], 1e-5, |t| gelu_erf(&t[0]), |t| t[0].gelu_erf())
+        }
+
+        #[test]
+        fn cuda_kernels_agree_with_the_cpu_kernels_and_repeat_bit_for_bit() -> Result<()> {
+            let Some(gpu) = gpu() else { return Ok(()) };
+            let (x, w, b) = (values(&[300, 64], 8, 2.0)?, values(&[64], 9, 1.0)?, values(&[64], 10, 1.0)?);
+            let weighting = values(&[300, 64], 11, 1.0)?;
+            let grads = |device: &Device| -> Result<Vec<Vec<f32>>> {
+                let vars = [
+                    Var::from_tensor(&x.to_device(device)?)?,
+                    Var::from_tensor(&w.to_device(device)?)?,
+                    Var::from_tensor(&b.to_device(device)?)?,
+                ];
+                let y = layer_norm(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), 1e-6)?;
+                let g = (gelu_erf(&y)? * weighting.to_device(device)?)?.sum_all()?.backward()?;
+                vars.iter().map(|v| g.get(v).expect("gradient").flatten_all()?.to_vec1()).collect()
+            };
+            let (cpu, cuda, again) = (grads(&Device::Cpu)?, grads(&gpu)?, grads(&gpu)?);
+            assert_eq!(cuda, again, "the CUDA kernels are deterministic");
+            for (a, b) in cpu.iter().flatten().zip(cuda.iter().flatten()) {
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} (CPU) vs {b} (CUDA)");
+            }
+            Ok(())
+        }
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod attention;
 pub mod fused;
+#[cfg(feature = "cuda")]
+mod fused_cuda;
 pub mod layers;
 pub mod linear;
 pub mod vmath;

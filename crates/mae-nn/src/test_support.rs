@@ -31,7 +31,7 @@ pub(crate) fn check(
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let (yf, yg) = (f(&ts)?, g(&ts)?);
     assert!(max_abs_diff(&yf, &yg)? < tol, "forward differs by {}", max_abs_diff(&yf, &yg)?);
-    let weighting = values(yf.dims(), 99, 1.0)?;
+    let weighting = values(yf.dims(), 99, 1.0)?.to_device(yf.device())?;
     let gf = (&yf * &weighting)?.sum_all()?.backward()?;
     let gg = (&yg * &weighting)?.sum_all()?.backward()?;
     for (i, v) in vars.iter().enumerate() {
