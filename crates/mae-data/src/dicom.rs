@@ -107,6 +107,10 @@ impl DicomDataset {
 /// Reads a file's header (everything before the pixel data) for its number of frames.
 fn frame_count(path: &Path) -> std::result::Result<u32, String> {
     let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let mut head = Vec::new();
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    file.take(HEADER_PREFIX).read_to_end(&mut head).map_err(|e| e.to_string())?;
+    check_lengths(&head, len)?;
     let header = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -130,6 +134,82 @@ fn number_of_frames(obj: &DefaultDicomObject, file_len: u64) -> std::result::Res
         return Err(format!("NumberOfFrames is {frames}, impossible in a file of {file_len} bytes"));
     }
     Ok(frames as u32)
+}
+
+/// Bytes of a file read at open to check its header lengths (see [`check_lengths`]): more
+/// than the header of any file we know of holds before its pixel data.
+const HEADER_PREFIX: u64 = 1 << 16;
+
+/// Refuses a file whose top-level elements declare more bytes than the file holds, before the
+/// DICOM parser sees it: the parser reserves and zero-fills a declared length (up to 4 GiB)
+/// before reading the value, so one damaged length field in a small file would cost gigabytes.
+/// `head` is the start of the file (preamble included), `file_len` its whole length. Walks the
+/// file meta group and the data set's top-level elements with defined lengths; stops, accepting,
+/// at the end of `head`, at the first value of undefined length (a sequence or encapsulated
+/// pixel data: what follows is items), in a deflated data set, and after the Pixel Data element.
+/// Lengths inside sequences are left to the parser.
+fn check_lengths(head: &[u8], file_len: u64) -> std::result::Result<(), String> {
+    const LONG_VRS: [&[u8; 2]; 13] =
+        [b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"];
+    let u16_at = |at: usize, le: bool| {
+        let b = [head[at], head[at + 1]];
+        if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        }
+    };
+    let u32_at = |at: usize, le: bool| {
+        let b = [head[at], head[at + 1], head[at + 2], head[at + 3]];
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    let mut pos = MAGIC_AT + 4;
+    // The meta group (0002) is explicit VR little endian; the data set as its transfer syntax says.
+    let (mut meta, mut explicit, mut little) = (true, true, true);
+    let mut transfer_syntax = String::new();
+    while pos + 12 <= head.len() {
+        if meta && u16_at(pos, true) != 0x0002 {
+            meta = false;
+            match transfer_syntax.as_str() {
+                "1.2.840.10008.1.2" => explicit = false,
+                "1.2.840.10008.1.2.2" => little = false,
+                "1.2.840.10008.1.2.1.99" => return Ok(()), // deflated: lengths are the inflated stream's
+                _ => {}
+            }
+        }
+        let (group, element) = (u16_at(pos, little), u16_at(pos + 2, little));
+        let (header, len) = if !explicit {
+            (8, u32_at(pos + 4, little))
+        } else if LONG_VRS.iter().any(|vr| head[pos + 4..pos + 6] == vr[..]) {
+            (12, u32_at(pos + 8, little))
+        } else {
+            (8, u32::from(u16_at(pos + 6, little)))
+        };
+        if len == u32::MAX {
+            return Ok(());
+        }
+        let value_end = pos as u64 + header + u64::from(len);
+        if value_end > file_len {
+            return Err(format!(
+                "element ({group:04X},{element:04X}) at byte {pos} declares {len} bytes, past the end of the \
+                 {file_len}-byte file"
+            ));
+        }
+        if meta && (group, element) == (0x0002, 0x0010) {
+            let end = (value_end as usize).min(head.len());
+            let value = String::from_utf8_lossy(&head[pos + header as usize..end]);
+            transfer_syntax = value.trim_end_matches(['\0', ' ']).to_string();
+        }
+        if (group, element) == (0x7FE0, 0x0010) {
+            return Ok(());
+        }
+        pos = value_end as usize;
+    }
+    Ok(())
 }
 
 /// An error and its sources, `: `-separated (the dicom crates' top-level messages are terse).
@@ -156,6 +236,7 @@ pub fn decode_dicom_frame(bytes: &[u8], frame: u32, origin: &str, limits: &Decod
     if bytes.len() < MAGIC_AT + 4 || &bytes[MAGIC_AT..MAGIC_AT + 4] != b"DICM" {
         return Err(fail(&"not a DICOM file (no `DICM` magic at byte 128)"));
     }
+    check_lengths(bytes, bytes.len() as u64).map_err(|m| fail(&m))?;
     let obj = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(&bytes[MAGIC_AT..])

@@ -193,3 +193,35 @@ fn a_file_with_an_unreadable_header_is_indexed_and_skipped_when_read() {
     assert!(ds.get(3).is_ok());
     assert_eq!(ds.frame(3).map(|(p, f)| (p.file_name().unwrap().to_owned(), f)), Some(("b".into(), 2)));
 }
+
+/// `bytes` with the 4-byte length of the first element whose header starts with `header`
+/// (tag and VR, explicit VR little endian, a long VR: 2 reserved bytes, then the length) set
+/// to `len`.
+fn with_length(bytes: &[u8], header: &[u8; 6], len: u32) -> Vec<u8> {
+    let at = bytes.windows(6).position(|w| w == header).unwrap();
+    let mut out = bytes.to_vec();
+    out[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+    out
+}
+
+#[test]
+fn a_length_past_the_end_of_the_file_is_refused_before_the_parser_allocates_it() {
+    // The DICOM parser reserves and zero-fills a declared length before reading: 4 GiB here.
+    let ct = std::fs::read(fixtures().join("ct/ct_int16.dcm")).unwrap();
+    let pixel_data = with_length(&ct, b"\xE0\x7F\x10\x00OW", 0xFFFF_FFF0);
+    let err = decode_dicom_frame(&pixel_data, 0, "big.dcm (frame 0)", &DecodeLimits::default()).unwrap_err();
+    assert!(err.is_sample_error(), "{err}");
+    assert!(err.to_string().contains("(7FE0,0010)") && err.to_string().contains("past the end"), "{err}");
+    // In the meta group (FileMetaInformationVersion, OB): refused at open too, where only the
+    // header is read; the file is then one sample that fails when read.
+    let meta = with_length(&ct, b"\x02\x00\x01\x00OB", 0xFFFF_FF00);
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("meta.dcm"), &meta);
+    let ds = DicomDataset::open(dir.path(), DecodeLimits::default()).unwrap();
+    assert_eq!(ds.len(), 1);
+    let err = ds.get(0).unwrap_err();
+    assert!(
+        err.to_string().contains("(0002,0001)") && err.to_string().contains("meta.dcm (frame 0)"),
+        "{err}"
+    );
+}
