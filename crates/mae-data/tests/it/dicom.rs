@@ -43,6 +43,11 @@ fn expected(name: &str) -> Expected {
 
 /// Opens one fixture file as a dataset and checks every frame against pydicom's values.
 fn check_file(name: &str) -> DicomDataset {
+    check_file_within(name, 1e-4)
+}
+
+/// [`check_file`] with a tolerance: JPEG decoders may round differently.
+fn check_file_within(name: &str, tolerance: f32) -> DicomDataset {
     let want = expected(name);
     let ds = DicomDataset::open(fixtures().join(name), DecodeLimits::default()).unwrap();
     assert_eq!(ds.len(), want.frames.len(), "{name}: one sample per frame");
@@ -52,9 +57,19 @@ fn check_file(name: &str) -> DicomDataset {
         let bands = sample.image.as_bands().unwrap_or_else(|| panic!("{name}: not bands"));
         assert_eq!((bands.width, bands.height, bands.bands), (want.width, want.height, want.bands), "{name}");
         assert_eq!(bands.data.len(), values.len(), "{name}");
-        for (i, (got, want)) in bands.data.iter().zip(values).enumerate() {
-            assert!((got - want).abs() <= 1e-4, "{name} frame {frame} value {i}: {got} != pydicom's {want}");
-        }
+        let (i, diff) = bands
+            .data
+            .iter()
+            .zip(values)
+            .map(|(got, want)| (got - want).abs())
+            .enumerate()
+            .fold((0, 0f32), |max, (i, d)| if d > max.1 { (i, d) } else { max });
+        assert!(
+            diff <= tolerance,
+            "{name} frame {frame} value {i}: {} != pydicom's {} (tolerance {tolerance})",
+            bands.data[i],
+            values[i]
+        );
     }
     ds
 }
@@ -109,6 +124,19 @@ fn colour_files_give_three_bands() {
 }
 
 #[test]
+fn jpeg_baseline_is_decoded_in_pure_rust() {
+    // pydicom decodes with pillow (libjpeg-turbo), we with jpeg-decoder: their inverse DCTs and
+    // colour conversions round differently, by a level in gray here and up to two in colour
+    // (near saturation); on average far less.
+    check_file_within("jpeg/gray.dcm", 1.0);
+    let ds = check_file_within("jpeg/color.dcm", 2.0);
+    let got = ds.get(0).unwrap().image.as_bands().unwrap().data.clone();
+    let want = &expected("jpeg/color.dcm").frames[0];
+    let mean = got.iter().zip(want).map(|(g, w)| (g - w).abs()).sum::<f32>() / got.len() as f32;
+    assert!(mean < 0.5, "mean difference {mean}");
+}
+
+#[test]
 fn a_truncated_file_is_a_sample_error_naming_file_and_frame() {
     let path = fixtures().join("broken/truncated.dcm");
     // The header is whole, so opening indexes it; reading its pixel data fails.
@@ -124,12 +152,12 @@ fn a_truncated_file_is_a_sample_error_naming_file_and_frame() {
 fn the_fixture_tree_is_labeled_by_folder_and_the_loader_skips_the_broken_file() {
     let ds =
         open(&format!("dicom:{}", fixtures().display()).parse().unwrap(), &OpenOptions::default()).unwrap();
-    assert_eq!(ds.class_names(), ["broken", "color", "ct", "xray"]);
-    // broken: 1, color: 3, ct: 2, xray: 1 + 3 frames; expected.json is not a DICOM file.
-    assert_eq!(ds.len(), 10, "{}", ds.describe());
+    assert_eq!(ds.class_names(), ["broken", "color", "ct", "jpeg", "xray"]);
+    // broken: 1, color: 3, ct: 2, jpeg: 2, xray: 1 + 3 frames; expected.json is not DICOM.
+    assert_eq!(ds.len(), 12, "{}", ds.describe());
     let labels: Vec<u32> = (0..ds.len()).map(|i| ds.get(i).map(|s| s.label.unwrap()).unwrap_or(99)).collect();
-    assert_eq!(labels, [99, 1, 1, 1, 2, 2, 3, 3, 3, 3]);
-    assert!(ds.describe().contains("10 frames in 8 files, 4 classes"), "{}", ds.describe());
+    assert_eq!(labels, [99, 1, 1, 1, 2, 2, 3, 3, 4, 4, 4, 4]);
+    assert!(ds.describe().contains("12 frames in 10 files, 5 classes"), "{}", ds.describe());
 
     // Gray bands are replicated to the run's 3 channels, colour ones taken as they are; the
     // truncated file (sample 0) is skipped by name and counted.
@@ -138,7 +166,7 @@ fn the_fixture_tree_is_labeled_by_folder_and_the_loader_skips_the_broken_file() 
     let loader = Loader::new(ds, transform, config).unwrap();
     let mut it = loader.iter_epoch(0).unwrap();
     let batches: Vec<_> = (&mut it).map(|b| b.unwrap()).collect();
-    assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 9);
+    assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 11);
     assert_eq!(batches[0].images.dims(), &[3, 3, 8, 8]);
     assert_eq!(it.stats().skipped_indices, vec![0]);
 }
