@@ -241,16 +241,17 @@ pub fn decode_dicom_frame(bytes: &[u8], frame: u32, origin: &str, limits: &Decod
         .read_preamble(ReadPreamble::Never)
         .from_reader(&bytes[MAGIC_AT..])
         .map_err(|e| fail(&chain(&e)))?;
-    let int = |tag, name: &str| -> Result<u64> {
+    // Rows and Columns are US (16 bits), so their product cannot overflow.
+    let side = |tag, name: &str| -> Result<u16> {
         let e = obj.get(tag).ok_or_else(|| fail(&format!("no {name}")))?;
-        e.to_int::<u64>().map_err(|e| fail(&format!("{name}: {e}")))
+        e.to_int::<u16>().map_err(|e| fail(&format!("{name}: {e}")))
     };
-    let (rows, cols) = (int(tags::ROWS, "Rows")?, int(tags::COLUMNS, "Columns")?);
-    if rows * cols > limits.max_pixels {
+    let (rows, cols) = (side(tags::ROWS, "Rows")?, side(tags::COLUMNS, "Columns")?);
+    if u64::from(rows) * u64::from(cols) > limits.max_pixels {
         return Err(DataError::TooLarge {
             origin: origin.into(),
-            width: cols as u32,
-            height: rows as u32,
+            width: cols.into(),
+            height: rows.into(),
             limit: limits.max_pixels,
         });
     }
