@@ -18,10 +18,10 @@ STEPS (stops at the first failure, naming the step, with a non-zero exit):
                         clone has none; the tests use the repository's data/)
     1. fmt     cargo fmt --all -- --check
     2. clippy  cargo clippy --workspace --all-targets -- -D warnings
-    3. clippy-features  cargo clippy -p mae-data --all-targets --features hf,candle-datasets -- -D warnings
+    3. clippy-features  cargo clippy -p mae-data --all-targets --features hf,candle-datasets,dicom -- -D warnings
     4. clippy-mpi       cargo clippy -p mae-train -p mae -p mae-cli --all-targets --features mpi -- -D warnings
     5. test    cargo test --workspace [<extra args>]
-    6. test-features    cargo test -p mae-data --features hf,candle-datasets
+    6. test-features    cargo test -p mae-data --features hf,candle-datasets,dicom
     7. test-mpi         cargo test -p mae-cli --features mpi --test it distributed::
 
 The `mpi` steps need an MPI library and libclang (Debian: apt-get install openmpi-bin
@@ -84,7 +84,7 @@ fn steps(extra: Vec<String>) -> Vec<(&'static str, Vec<String>)> {
                 "mae-data",
                 "--all-targets",
                 "--features",
-                "hf,candle-datasets",
+                "hf,candle-datasets,dicom",
                 "--",
                 "-D",
                 "warnings",
@@ -117,7 +117,7 @@ fn steps(extra: Vec<String>) -> Vec<(&'static str, Vec<String>)> {
             v.extend(extra);
             v
         }),
-        ("test-features", svec(&["test", "-p", "mae-data", "--features", "hf,candle-datasets"])),
+        ("test-features", svec(&["test", "-p", "mae-data", "--features", "hf,candle-datasets,dicom"])),
         // Two MPI ranks train like one process with the global batch; a failing rank stops the
         // job and the run resumes (runs `mpirun -np 2`).
         ("test-mpi", svec(&["test", "-p", "mae-cli", "--features", "mpi", "--test", "it", "distributed::"])),

@@ -42,7 +42,7 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
     #[serde(skip)]
     pub resume: Option<PathBuf>,
-    /// Training data: synthetic[:N], folder:PATH, list:FILE, wds:SHARDS, mnist:PATH[@train|test], cifar10:PATH[@train|test], hf:REPO[@SPLIT].
+    /// Training data: synthetic[:N], folder:PATH, list:FILE, wds:SHARDS, mnist:PATH[@train|test], cifar10:PATH[@train|test], hf:REPO[@SPLIT], dicom:PATH (feature `dicom`).
     #[arg(long, value_name = "SPEC")]
     pub data: Option<String>,
     /// Model preset (see `mae info --presets`); default: the quick start's mae-vit-micro-patch4-32.

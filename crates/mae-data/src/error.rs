@@ -6,6 +6,7 @@ pub const ACCEPTED_SPECS: &str =
   cifar10:PATH[@train|test]    CIFAR-10 binary batches (data_batch_1..5.bin, test_batch.bin)
   mnist:PATH[@train|test]      MNIST IDX files (train-*/t10k-*, plain or .gz)
   list:FILE                    images listed in FILE: .txt one path a line, .csv path,label rows
+  dicom:PATH                   DICOM files under a folder (or one file), a sample per frame (feature `dicom`)
   wds:PATH[#shuffle=N]         WebDataset .tar shards; PATH may hold {000..099} ranges and * in the file name
   hf:OWNER/NAME[/CONFIG][@SPLIT]  a Hugging Face hub image dataset from the local hub cache (feature `hf`)
   synthetic[:N][@train|test]   N procedurally drawn shape images (default 10000)";

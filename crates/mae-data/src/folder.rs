@@ -39,9 +39,9 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-/// Image files under `dir`, recursively (following symbolic links; walkdir detects loops),
-/// sorted by path.
-fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Files under `dir` that `is_sample` accepts, recursively (following symbolic links; walkdir
+/// detects loops), sorted by path.
+fn files_under(dir: &Path, is_sample: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let walk = WalkDir::new(dir).follow_links(true).sort_by_file_name();
     for entry in walk.into_iter().filter_entry(|e| e.depth() == 0 || !is_hidden(e.path())) {
@@ -49,67 +49,90 @@ fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
             let path = e.path().unwrap_or(dir).to_path_buf();
             DataError::io(path, e.into())
         })?;
-        if entry.file_type().is_file() && is_image(entry.path()) {
+        if entry.file_type().is_file() && is_sample(entry.path()) {
             files.push(entry.into_path());
         }
     }
     Ok(files)
 }
 
+/// The sample files of a folder tree (each with its label) and the class names.
+pub(crate) struct LabeledFiles {
+    pub files: Vec<(PathBuf, Option<u32>)>,
+    pub classes: Vec<String>,
+}
+
+/// Lists a folder tree by the `ImageFolder` layout (see [`ImageFolder`]): each first-level
+/// sub-directory is a class when there is one, and files lying directly in the root are then
+/// ignored with a warning; otherwise the root's files are the samples, unlabeled. Shared by
+/// `folder:` (files with an image extension) and `dicom:` (files with the DICOM magic).
+/// `expected` describes the root for a `NotFound` error, `what` names the files in warnings
+/// (`images`, `DICOM files`); an empty result is the caller's error to word.
+pub(crate) fn scan_tree(
+    root: &Path,
+    expected: &str,
+    what: &str,
+    is_sample: &dyn Fn(&Path) -> bool,
+) -> Result<LabeledFiles> {
+    if !root.exists() {
+        return Err(DataError::NotFound { path: root.into(), expected: expected.into() });
+    }
+    if !root.is_dir() {
+        return Err(DataError::format(root, "image folder", "not a directory"));
+    }
+    let read = std::fs::read_dir(root).map_err(|e| DataError::io(root, e))?;
+    let mut class_dirs = Vec::new();
+    let mut loose = Vec::new();
+    for entry in read {
+        let entry = entry.map_err(|e| DataError::io(root, e))?;
+        let path = entry.path();
+        if is_hidden(&path) {
+            continue;
+        }
+        // `is_dir` follows symlinks, so a class may be a link to another directory.
+        if path.is_dir() {
+            class_dirs.push(path);
+        } else if is_sample(&path) {
+            loose.push(path);
+        }
+    }
+    class_dirs.sort();
+    loose.sort();
+
+    if class_dirs.is_empty() {
+        return Ok(LabeledFiles {
+            files: loose.into_iter().map(|p| (p, None)).collect(),
+            classes: Vec::new(),
+        });
+    }
+    if !loose.is_empty() {
+        tracing::warn!(
+            "{}: ignoring {} {what} directly in the root, since its sub-directories are the \
+             classes (ImageFolder layout)",
+            root.display(),
+            loose.len()
+        );
+    }
+    let mut files = Vec::new();
+    let mut classes = Vec::new();
+    for (label, dir) in class_dirs.iter().enumerate() {
+        let found = files_under(dir, is_sample)?;
+        if found.is_empty() {
+            // Kept as a class so that labels do not shift when a folder is emptied.
+            tracing::warn!("{}: class folder has no {what}", dir.display());
+        }
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        classes.push(name);
+        files.extend(found.into_iter().map(|p| (p, Some(label as u32))));
+    }
+    Ok(LabeledFiles { files, classes })
+}
+
 impl ImageFolder {
     pub fn open(root: impl AsRef<Path>, limits: DecodeLimits) -> Result<Self> {
         let root = root.as_ref();
         let expected = "a directory of images, or of class sub-directories of images";
-        if !root.exists() {
-            return Err(DataError::NotFound { path: root.into(), expected: expected.into() });
-        }
-        if !root.is_dir() {
-            return Err(DataError::format(root, "image folder", "not a directory"));
-        }
-        let read = std::fs::read_dir(root).map_err(|e| DataError::io(root, e))?;
-        let mut class_dirs = Vec::new();
-        let mut loose = Vec::new();
-        for entry in read {
-            let entry = entry.map_err(|e| DataError::io(root, e))?;
-            let path = entry.path();
-            if is_hidden(&path) {
-                continue;
-            }
-            // `is_dir` follows symlinks, so a class may be a link to another directory.
-            if path.is_dir() {
-                class_dirs.push(path);
-            } else if is_image(&path) {
-                loose.push(path);
-            }
-        }
-        class_dirs.sort();
-        loose.sort();
-
-        let (files, classes) = if class_dirs.is_empty() {
-            (loose.into_iter().map(|p| (p, None)).collect::<Vec<_>>(), Vec::new())
-        } else {
-            if !loose.is_empty() {
-                tracing::warn!(
-                    "{}: ignoring {} image(s) directly in the root, since its sub-directories are \
-                     the classes (ImageFolder layout)",
-                    root.display(),
-                    loose.len()
-                );
-            }
-            let mut files = Vec::new();
-            let mut classes = Vec::new();
-            for (label, dir) in class_dirs.iter().enumerate() {
-                let found = images_under(dir)?;
-                if found.is_empty() {
-                    // Kept as a class so that labels do not shift when a folder is emptied.
-                    tracing::warn!("{}: class folder has no images", dir.display());
-                }
-                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                classes.push(name);
-                files.extend(found.into_iter().map(|p| (p, Some(label as u32))));
-            }
-            (files, classes)
-        };
+        let LabeledFiles { files, classes } = scan_tree(root, expected, "images", &is_image)?;
         if files.is_empty() {
             return Err(DataError::Empty {
                 path: root.into(),

@@ -22,6 +22,8 @@
 mod bands;
 mod cifar;
 mod dataset;
+#[cfg(feature = "dicom")]
+mod dicom;
 mod epoch;
 mod error;
 mod folder;
@@ -48,6 +50,8 @@ mod wds;
 pub use bands::{BandImage, Image};
 pub use cifar::{Cifar10, CIFAR10_CLASSES};
 pub use dataset::{decode_image, open_image, out_of_range, Dataset, DecodeLimits, Sample};
+#[cfg(feature = "dicom")]
+pub use dicom::{decode_dicom_frame, is_dicom_file, DicomDataset};
 pub use epoch::EpochIter;
 pub use error::{DataError, Result, ACCEPTED_SPECS};
 pub use folder::{ImageFolder, IMAGE_EXTENSIONS};

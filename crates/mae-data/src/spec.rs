@@ -54,6 +54,9 @@ pub enum DataSpec {
     /// `wds:PATTERN[#shuffle=N]`: WebDataset shards; `shuffle_buffer` overrides
     /// [`OpenOptions::shuffle_buffer`].
     Wds { pattern: String, shuffle_buffer: Option<usize> },
+    /// `dicom:PATH`: the frames of the DICOM files under a folder (labels from first-level
+    /// sub-folders, as `folder:`), or of one file; needs the `dicom` feature to open.
+    Dicom { path: PathBuf },
 }
 
 fn spec_error(input: &str, reason: impl Into<String>) -> DataError {
@@ -105,8 +108,9 @@ impl DataSpec {
             ("hf", Some(rest)) => parse_hf(input, rest),
             ("list", Some(path)) => Ok(DataSpec::List { path: non_empty_path(input, path)? }),
             ("wds", Some(rest)) => parse_wds(input, rest),
+            ("dicom", Some(path)) => Ok(DataSpec::Dicom { path: non_empty_path(input, path)? }),
             ("synthetic", rest) => parse_synthetic(input, rest.unwrap_or("")),
-            ("folder" | "cifar10" | "mnist" | "hf" | "list" | "wds", None) => {
+            ("folder" | "cifar10" | "mnist" | "hf" | "list" | "wds" | "dicom", None) => {
                 Err(spec_error(input, format!("`{kind}` needs a `:` and a location")))
             }
             _ => Err(spec_error(input, format!("unknown kind `{kind}`"))),
@@ -191,6 +195,7 @@ impl fmt::Display for DataSpec {
             DataSpec::List { path } => write!(f, "list:{}", path.display()),
             DataSpec::Wds { pattern, shuffle_buffer: None } => write!(f, "wds:{pattern}"),
             DataSpec::Wds { pattern, shuffle_buffer: Some(n) } => write!(f, "wds:{pattern}#shuffle={n}"),
+            DataSpec::Dicom { path } => write!(f, "dicom:{}", path.display()),
         }
     }
 }
@@ -263,6 +268,17 @@ pub fn open(spec: &DataSpec, options: &OpenOptions) -> Result<Arc<dyn Dataset>> 
         }
         DataSpec::Synthetic { count, split } => {
             Arc::new(SyntheticShapes::new(*count, options.synthetic_size, options.synthetic_seed, *split)?)
+        }
+        #[cfg(feature = "dicom")]
+        DataSpec::Dicom { path } => Arc::new(crate::dicom::DicomDataset::open(path, options.limits)?),
+        #[cfg(not(feature = "dicom"))]
+        DataSpec::Dicom { .. } => {
+            return Err(DataError::Config(
+                "`dicom:` specs need the `dicom` feature of mae-data, which this build lacks; rebuild with \
+                 it (the `mae` binary: `cargo build --release -p mae-cli --features dicom`; library users \
+                 enable `mae-data/dicom`)"
+                    .into(),
+            ))
         }
         #[cfg(feature = "hf")]
         DataSpec::Hf { repo, config, split } => {

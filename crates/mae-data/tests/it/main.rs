@@ -5,6 +5,8 @@ mod bands;
 mod broken;
 mod channels;
 mod common;
+#[cfg(feature = "dicom")]
+mod dicom;
 mod formats;
 #[cfg(feature = "hf")]
 mod hf;

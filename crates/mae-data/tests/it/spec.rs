@@ -33,6 +33,8 @@ fn every_form_parses_and_prints_back() {
             "wds:/s/train-{000000..000099}.tar",
             DataSpec::Wds { pattern: "/s/train-{000000..000099}.tar".into(), shuffle_buffer: None },
         ),
+        ("dicom:/scans/ct", DataSpec::Dicom { path: "/scans/ct".into() }),
+        ("dicom:one file.dcm", DataSpec::Dicom { path: "one file.dcm".into() }),
         ("wds:s/*.tar#shuffle=50", DataSpec::Wds { pattern: "s/*.tar".into(), shuffle_buffer: Some(50) }),
     ];
     for (text, expected) in cases {
@@ -57,6 +59,8 @@ fn bad_specs_list_the_accepted_forms() {
         "list:",
         "wds",
         "wds:s-{9..1}.tar",
+        "dicom",
+        "dicom:",
         "wds:s.tar#shuffle=x",
     ] {
         let err = DataSpec::parse(text).unwrap_err();
@@ -84,6 +88,15 @@ fn open_synthetic_uses_the_options() {
 fn hf_without_the_feature_says_how_to_get_it() {
     let err = open(&"hf:ylecun/mnist".parse().unwrap(), &OpenOptions::default()).err().unwrap();
     assert!(err.to_string().contains("`hf` feature"), "{err}");
+}
+
+#[cfg(not(feature = "dicom"))]
+#[test]
+fn dicom_without_the_feature_says_how_to_get_it() {
+    let spec: DataSpec = "dicom:/scans".parse().unwrap();
+    let err = open(&spec, &OpenOptions::default()).err().unwrap();
+    assert!(matches!(err, DataError::Config(_)), "{err}");
+    assert!(err.to_string().contains("`dicom` feature"), "{err}");
 }
 
 #[test]
