@@ -243,7 +243,8 @@ fn image_seeds() -> Vec<Seed> {
 fn band_tiff_seeds() -> Vec<Seed> {
     use tiff::encoder::{colortype, TiffEncoder};
     let ramp = |n: usize| (0..n).map(|i| (i * 37 % 1000) as u16).collect::<Vec<_>>();
-    let write = |f: &dyn Fn(&mut TiffEncoder<&mut std::io::Cursor<Vec<u8>>>) -> tiff::TiffResult<()>| {
+    type Encoder<'a> = TiffEncoder<&'a mut std::io::Cursor<Vec<u8>>>;
+    let write = |f: &dyn Fn(&mut Encoder<'_>) -> tiff::TiffResult<()>| {
         let mut out = std::io::Cursor::new(Vec::new());
         let mut encoder = TiffEncoder::new(&mut out).ok()?;
         f(&mut encoder).ok()?;
