@@ -244,9 +244,19 @@ impl DtypeArg {
             DtypeArg::F32 => Ok(None),
             DtypeArg::Bf16 => {
                 if device.is_cpu() {
-                    tracing::warn!(
-                        "--dtype bf16 on the CPU: correct but slower than f32 (no bf16 matrix units used here)"
-                    );
+                    let kernel = mae_nn::product::bf16_kernel();
+                    if kernel == mae_nn::product::Kernel::F32 {
+                        tracing::warn!(
+                            "--dtype bf16 on the CPU: this CPU has no AVX512-BF16 (or MAE_PRODUCT=f32), so the \
+                             products run in f32: the numbers of f32, not its speed-up"
+                        );
+                    } else {
+                        tracing::info!(
+                            "--dtype bf16 on the CPU: linear layers' products on the {} kernel (bf16 operands, \
+                             f32 sums); attention, norms, weights, gradients and AdamW in f32",
+                            kernel.name()
+                        );
+                    }
                 }
                 Ok(Some(DType::BF16))
             }

@@ -1,5 +1,6 @@
 //! Times the CPU kernels of this crate on the shapes of the tiny preset's training step (config
-//! A: batch 64, 17 encoder tokens of 192, 65 decoder tokens; MLP 4x), one kernel at a time:
+//! A: batch 64, 17 encoder tokens of 192, 65 decoder tokens; MLP 4x), and the matrix products of
+//! configs A, B and C in f32 and bf16, one kernel at a time:
 //! `cargo run --release -p mae-nn --example kernel_bench [-- --reps N]` (`KERNEL=gelu` runs the
 //! ones whose name has that in it, e.g. under `perf stat`). A tool to see what a
 //! kernel change buys before timing whole steps with `mae bench`.
@@ -53,29 +54,65 @@ fn main() -> Result<()> {
     time("layer_norm [1088, 192]", reps, enc.elem_count(), || mae_nn::fused::layer_norm(&enc, &w, &b, 1e-6))?;
     let scores = Tensor::randn(0f32, 1.0, (64 * 4 * 65, 65), &dev)?;
     time("softmax [16640, 65]", reps, scores.elem_count(), || mae_nn::fused::softmax_last_dim(&scores))?;
-    // The products of config A's linear layers (forward, and the two of the backward), in
-    // GFLOP/s: what the gemm crate reaches at these small shapes.
-    for (rows, inp, out) in [
-        (1088, 192, 576),
-        (1088, 192, 768),
-        (1088, 768, 192),
-        (4160, 128, 384),
-        (4160, 128, 512),
-        (4160, 512, 128),
-        (2048, 2048, 2048),
-    ] {
+    // The products of the presets' linear layers (forward, and the two of the backward), in
+    // GFLOP/s, in f32 (the gemm crate, as the f32 step runs them) and in bf16 with f32
+    // accumulation (`mae_nn::product`, as `--dtype bf16` runs them on the CPU).
+    println!("bf16 products: {} kernel", mae_nn::product::bf16_kernel().name());
+    let bf16 = mae_nn::product::Precision::Bf16;
+    for (config, rows, inp, out) in PRODUCT_SHAPES {
         let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev)?;
         let w = Tensor::randn(0f32, 0.02, (out, inp), &dev)?;
         let g = Tensor::randn(0f32, 1.0, (rows, out), &dev)?;
         let flops = 2.0 * (rows * inp * out) as f64;
-        gflops(&format!("x W^T [{rows}x{inp}] -> {out}"), reps, flops, || {
+        let shape = format!("[{rows}x{inp}] -> {out}");
+        gflops(&format!("{config} f32  x W^T {shape}"), reps, flops, || {
             mae_nn::linear::linear(&x, &w, None)
         })?;
-        gflops(&format!("g W   [{rows}x{out}] -> {inp}"), reps, flops, || g.matmul(&w))?;
-        gflops(&format!("g^T x [{out}x{rows}] x [{rows}x{inp}]"), reps, flops, || g.t()?.matmul(&x))?;
+        gflops(&format!("{config} f32  g W   {shape}"), reps, flops, || g.matmul(&w))?;
+        gflops(&format!("{config} f32  g^T x {shape}"), reps, flops, || g.t()?.matmul(&x))?;
+        gflops(&format!("{config} bf16 x W^T {shape}"), reps, flops, || {
+            mae_nn::linear::linear_in(&x, &w, None, bf16)
+        })?;
+        gflops(&format!("{config} bf16 g W   {shape}"), reps, flops, || {
+            mae_nn::product::matmul(&g, &w, bf16)
+        })?;
+        gflops(&format!("{config} bf16 g^T x {shape}"), reps, flops, || {
+            mae_nn::product::matmul(&g.t()?, &x, bf16)
+        })?;
     }
     Ok(())
 }
+
+/// `(config, rows, in, out)` of the linear layers of the benchmark configs (xtask bench): A the
+/// tiny preset at batch 64 (encoder 64 x 17 rows, decoder 64 x 65), B lightly's ViT-B/32 at 16
+/// (patch embedding of all 784 patches, encoder 16 x 13 rows, decoder 16 x 50), C ViT-B/16 at 8
+/// (1568 patches, encoder 8 x 50, decoder 8 x 197); and 2048 cubed, the peak.
+const PRODUCT_SHAPES: [(&str, usize, usize, usize); 24] = [
+    ("A", 1088, 192, 576),
+    ("A", 1088, 192, 768),
+    ("A", 1088, 768, 192),
+    ("A", 4160, 128, 384),
+    ("A", 4160, 128, 512),
+    ("A", 4160, 512, 128),
+    ("B", 784, 3072, 768),
+    ("B", 208, 768, 2304),
+    ("B", 208, 768, 768),
+    ("B", 208, 768, 3072),
+    ("B", 208, 3072, 768),
+    ("B", 800, 512, 1536),
+    ("B", 800, 512, 2048),
+    ("B", 800, 2048, 512),
+    ("B", 800, 512, 3072),
+    ("C", 1568, 768, 768),
+    ("C", 400, 768, 2304),
+    ("C", 400, 768, 3072),
+    ("C", 400, 3072, 768),
+    ("C", 1576, 512, 1536),
+    ("C", 1576, 512, 2048),
+    ("C", 1576, 2048, 512),
+    ("C", 1576, 512, 768),
+    ("-", 2048, 2048, 2048),
+];
 
 fn gflops(name: &str, reps: usize, flops: f64, mut f: impl FnMut() -> Result<Tensor>) -> Result<()> {
     let only = std::env::var("KERNEL").unwrap_or_default();
@@ -89,6 +126,6 @@ fn gflops(name: &str, reps: usize, flops: f64, mut f: impl FnMut() -> Result<Ten
         std::hint::black_box(f()?);
     }
     let per = start.elapsed().as_secs_f64() / reps as f64;
-    println!("{name:<34} {:>9.3} ms  {:>7.1} GFLOP/s", per * 1e3, flops / per / 1e9);
+    println!("{name:<40} {:>9.3} ms  {:>7.1} GFLOP/s", per * 1e3, flops / per / 1e9);
     Ok(())
 }

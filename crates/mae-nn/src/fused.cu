@@ -1,4 +1,4 @@
-// CUDA kernels of mae-nn's fused ops (src/fused.rs; glue in src/fused_cuda.rs): LayerNorm
+// CUDA kernels of mae-nn's fused ops (src/fused/; glue in src/fused_cuda.rs): LayerNorm
 // forward and backward, softmax forward and backward, exact GELU forward and backward, the bias
 // add and the column sums of its gradient. f32, contiguous rows of length d.
 //

@@ -10,6 +10,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use crate::fused::softmax_last_dim;
+use crate::product::Precision;
 use crate::{attention, fused, linear};
 
 /// Mixed precision the way PyTorch's autocast does it: the weights (and the optimizer state)
@@ -60,12 +61,19 @@ impl Module for Linear {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
-        let lhs = cast_for_compute(&x.reshape((rows, in_dim))?, self.compute)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap_or(&mut 0) = self.weight.dim(0)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        if self.compute == Some(DType::BF16) && linear::applies(&x2, &self.weight, self.bias.as_ref()) {
+            // On the CPU, bf16 is mixed precision inside the op: f32 in and out, bf16 operands
+            // of the products (converted while packed), no cast ops in the graph.
+            let y = linear::linear_in(&x2, &self.weight, self.bias.as_ref(), Precision::Bf16)?;
+            return y.reshape(out_dims);
+        }
+        let lhs = cast_for_compute(&x2, self.compute)?;
         let weight = cast_for_compute(&self.weight, self.compute)?;
         let bias = self.bias.as_ref().map(|b| cast_for_compute(b, self.compute)).transpose()?;
         let y = linear::linear(&lhs, &weight, bias.as_ref())?;
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().unwrap_or(&mut 0) = self.weight.dim(0)?;
         y.reshape(out_dims)?.to_dtype(x.dtype())
     }
 }
@@ -132,7 +140,13 @@ impl Attention {
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?; // [B, N, 3D], q, k, v heads side by side
-        let out = attention::attention(&qkv, self.num_heads, self.scale, self.compute)?; // [B, N, D]
+                                        // bf16 on the CPU: the attention op's own products stay f32 (its kernel has no bf16
+                                        // path yet); the projections around it are bf16.
+        let compute = match self.compute {
+            Some(DType::BF16) if fused::on_cpu_f32(&[&qkv]) => None,
+            other => other,
+        };
+        let out = attention::attention(&qkv, self.num_heads, self.scale, compute)?; // [B, N, D]
         self.proj.forward(&out)
     }
 }

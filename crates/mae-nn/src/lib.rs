@@ -11,6 +11,7 @@ pub mod fused;
 mod fused_cuda;
 pub mod layers;
 pub mod linear;
+pub mod product;
 pub mod vmath;
 
 #[cfg(test)]

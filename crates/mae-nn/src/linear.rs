@@ -14,17 +14,43 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::fused::{self, on_cpu_f32, slice};
+use crate::product::{self, MatRef, Precision};
 
 /// `x W^T + b` for `x` `[rows, in]`, `weight` `[out, in]` and `bias` `[out]`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let operands: Vec<&Tensor> = [Some(x), Some(weight), bias].into_iter().flatten().collect();
-    if !on_cpu_f32(&operands) || x.rank() != 2 || weight.rank() != 2 {
+    if !applies(x, weight, bias) {
         return composed::linear(x, weight, bias);
     }
+    linear_op(x, weight, bias, Precision::F32)
+}
+
+/// [`linear`] with its three products (the forward and both of the backward) in `precision`,
+/// on f32 tensors on the CPU: with [`Precision::Bf16`], mixed precision ([`crate::product`]):
+/// the operands rounded to bf16 as they are packed, the sums, the output and the gradients in
+/// f32. Fails where [`applies`] does not hold (the caller casts instead).
+pub fn linear_in(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
+    if !applies(x, weight, bias) {
+        candle_core::bail!(
+            "linear_in: needs 2-D f32 tensors on the CPU (x {:?}, weight {:?})",
+            x.layout(),
+            weight.dtype()
+        )
+    }
+    linear_op(x, weight, bias, precision)
+}
+
+/// Whether this op runs `x W^T + b` (2-D f32 tensors on the CPU, kernels on).
+pub fn applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    let operands: Vec<&Tensor> = [Some(x), Some(weight), bias].into_iter().flatten().collect();
+    on_cpu_f32(&operands) && x.rank() == 2 && weight.rank() == 2
+}
+
+fn linear_op(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let op = LinearOp { precision };
     match bias {
-        Some(b) => x.apply_op3(&weight, &b.contiguous()?, LinearOp),
-        None => x.apply_op2(&weight, LinearOp),
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, op),
+        None => x.apply_op2(&weight, op),
     }
 }
 
@@ -41,7 +67,9 @@ pub mod composed {
     }
 }
 
-struct LinearOp;
+struct LinearOp {
+    precision: Precision,
+}
 
 impl LinearOp {
     /// `x W^T (+ b)` into a new `[rows, out]` buffer.
@@ -71,43 +99,28 @@ impl LinearOp {
             }
             None => vec![0f32; rows * out],
         };
-        if rows > 0 && out > 0 {
-            let threads = rayon::current_num_threads();
-            let parallelism =
-                if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-            // SAFETY: x is rows x inner, w is out x inner (read as its transpose, inner x out,
-            // through the strides), y is rows x out; all three are live slices of those sizes.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    out,
-                    inner,
-                    y.as_mut_ptr(),
-                    1,
-                    out as isize,
-                    bias.is_some(),
-                    x.as_ptr(),
-                    1,
-                    inner as isize,
-                    w.as_ptr(),
-                    inner as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
-            }
-        }
+        // y (+)= x W^T: W is [out, in] row-major, read as its transpose through the strides.
+        product::matmul_into(
+            &mut y,
+            out,
+            MatRef::row_major(x, rows, inner),
+            MatRef::row_major(w, out, inner).t(),
+            bias.is_some(),
+            self.precision,
+        )?;
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
     /// The gradients of `x` (`g W`) and of the weight (`g^T x`, in the weight's own layout),
-    /// as candle matmuls on detached operands so that no graph is recorded.
-    fn grads(x: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// on detached operands so that no graph is recorded: candle's matmuls in f32, our products
+    /// in another precision.
+    fn grads(&self, x: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
         let grad = grad.contiguous()?;
+        if self.precision != Precision::F32 {
+            let dx = product::matmul(&grad, &weight.detach(), self.precision)?;
+            let dw = product::matmul(&grad.t()?, &x.detach(), self.precision)?;
+            return Ok((dx, dw));
+        }
         let dx = grad.matmul(&weight.detach())?;
         let dw = grad.t()?.matmul(&x.detach())?;
         Ok((dx, dw))
@@ -136,7 +149,7 @@ impl CustomOp2 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = Self::grads(x, w, grad)?;
+        let (dx, dw) = self.grads(x, w, grad)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -166,7 +179,7 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = Self::grads(x, w, grad)?;
+        let (dx, dw) = self.grads(x, w, grad)?;
         let db = fused::column_sums_of(grad)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }

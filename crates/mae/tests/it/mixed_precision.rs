@@ -73,3 +73,65 @@ fn bf16_training_lowers_the_loss() {
     let last = loss_at(&model).to_scalar::<f32>().unwrap();
     assert!(last < 0.7 * first, "30 bf16 steps on one batch: loss {first} -> {last}");
 }
+
+/// On the CPU, `--dtype bf16` is mixed precision inside the linear op (`mae_nn::product`): with
+/// AVX512-BF16 its products must really run on the bf16 kernel (a dispatch counter, so the f32
+/// fallback cannot pass for it), and the loss and the gradient of *every* parameter must stay
+/// within bf16's tolerance of the f32 step, parameter by parameter (a pooled cosine would hide
+/// one parameter that went wrong). Without AVX512-BF16 the kernel part is reported as skipped
+/// (`MAE_REQUIRE_BF16=1` makes that a failure).
+#[test]
+fn cpu_bf16_step_runs_the_bf16_kernel_and_every_gradient_follows_f32() {
+    use mae_nn::product::{bf16_kernel, dispatch_counts, Kernel};
+    if !device().is_cpu() {
+        eprintln!("SKIPPED cpu_bf16_step...: the device under test is not the CPU");
+        return;
+    }
+    let kernel_here = bf16_kernel() == Kernel::Avx512Bf16;
+    if !kernel_here {
+        assert!(
+            std::env::var("MAE_REQUIRE_BF16").is_err(),
+            "MAE_REQUIRE_BF16 is set, but bf16 products run in f32 here"
+        );
+        eprintln!("SKIPPED the kernel part of cpu_bf16_step...: no AVX512-BF16 (or MAE_PRODUCT=f32)");
+    }
+    for name in ["hf_tiny_a", "preset_base_p16"] {
+        let LoadedCase { config, batch: b, mut model, pixels, .. } = load_case(name);
+        let noise = det_noise(b, config.num_patches());
+        let f32_out = model.forward_with_noise(&pixels, &noise).unwrap();
+        let f32_grads = f32_out.loss.backward().unwrap();
+
+        model.set_compute_dtype(Some(DType::BF16));
+        let before = dispatch_counts();
+        let out = model.forward_with_noise(&pixels, &noise).unwrap();
+        let grads = out.loss.backward().unwrap();
+        let after = dispatch_counts();
+        if kernel_here {
+            let ran = |k: Kernel| {
+                let at = |c: &[(Kernel, u64)]| c.iter().find(|(kk, _)| *kk == k).map_or(0, |(_, n)| *n);
+                at(&after) - at(&before)
+            };
+            // Every linear layer: one product forward, two backward (the encoder's patch
+            // embedding has no input gradient to compute, but is counted as any other).
+            assert!(ran(Kernel::Avx512Bf16) >= 3 * 4, "{name}: {} bf16 products", ran(Kernel::Avx512Bf16));
+        }
+
+        let (l32, l16) = (f32_out.loss.to_scalar::<f32>().unwrap(), out.loss.to_scalar::<f32>().unwrap());
+        assert!(((l16 - l32) / l32).abs() < 1e-2, "{name}: bf16 loss {l16} vs f32 {l32}");
+        for (pname, var) in model.named_vars() {
+            let (g32, g16) =
+                (f32_grads.get(&var).expect("f32 gradient"), grads.get(&var).expect("bf16 gradient"));
+            assert_eq!(g16.dtype(), DType::F32, "{pname}: gradient not f32");
+            let norm = g32.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            let diff =
+                (g16 - g32).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            // bf16 keeps 8 bits of mantissa (2^-9 relative rounding of each operand); through a
+            // few layers of products the error grows to a few percent of the gradient's norm.
+            let rel = diff / norm.max(1e-12);
+            assert!(
+                rel < 5e-2 || diff < 1e-6,
+                "{name}: {pname}: bf16 gradient off by {rel} of its norm ({norm})"
+            );
+        }
+    }
+}
