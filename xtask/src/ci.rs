@@ -44,6 +44,7 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     let extra = rest.unwrap_or_default();
 
     let root = util::workspace_root();
+    require_bf16_where_the_cpu_has_it();
     let steps = steps(extra);
     let total = steps.len();
     let mut timings = Vec::new();
@@ -67,6 +68,18 @@ pub fn main(argv: Vec<String>) -> Result<()> {
     }
     print_summary(&timings, None);
     Ok(())
+}
+
+/// The bf16 kernel tests skip (and say so) on a CPU without AVX512-BF16. Where the kernel
+/// reads `avx512_bf16` in /proc/cpuinfo itself, CI asks the tests to fail instead of skipping
+/// (`MAE_REQUIRE_BF16=1`), so a broken feature detection cannot pass as a CPU without it.
+fn require_bf16_where_the_cpu_has_it() {
+    let has = std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|info| info.split_whitespace().any(|flag| flag == "avx512_bf16"));
+    if has && std::env::var_os("MAE_PRODUCT").is_none() {
+        println!("this CPU lists avx512_bf16: MAE_REQUIRE_BF16=1 (the bf16 kernel tests must run)");
+        std::env::set_var("MAE_REQUIRE_BF16", "1");
+    }
 }
 
 /// The cargo steps after `standalone`: name and cargo arguments; `extra`
