@@ -148,7 +148,7 @@ fn record(timed: &[PhaseTimes], args: &BenchArgs) -> serde_json::Value {
         "dtype": args.dtype.name(),
         // The kernel of the linear layers' products: f32, or the bf16 kernel bf16 runs on
         // this CPU (`MAE_PRODUCT` forces one).
-        "product_kernel": product_kernel(args),
+        "product_kernel": args.dtype.product_kernel(&crate::util::parse_device(&args.device).unwrap_or(Device::Cpu)),
         "step_s_median": median,
         "step_s_min": steps.first(),
         "step_s_max": steps.last(),
@@ -159,14 +159,6 @@ fn record(timed: &[PhaseTimes], args: &BenchArgs) -> serde_json::Value {
         "optimizer_s": mean(|p| p.update_s),
         "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
     })
-}
-
-fn product_kernel(args: &BenchArgs) -> &'static str {
-    match (args.dtype, args.device.as_str()) {
-        (crate::flags::DtypeArg::Bf16, "cpu") => mae_nn::product::bf16_kernel().name(),
-        (crate::flags::DtypeArg::Bf16, _) => "cuda-bf16",
-        _ => mae_nn::product::Kernel::F32.name(),
-    }
 }
 
 /// Seeded stand-in pixels in the normalised range.

@@ -266,6 +266,17 @@ impl DtypeArg {
         }
     }
 
+    /// The kernel that runs the linear layers' products in this precision on `device`: `f32`,
+    /// bf16 on the CPU's bf16 kernel (`avx512bf16`; `f32` where the CPU has none or
+    /// `MAE_PRODUCT=f32`), or `cuda-bf16`. Two runs on different kernels differ in their bits.
+    pub fn product_kernel(self, device: &Device) -> &'static str {
+        match self {
+            DtypeArg::Bf16 if device.is_cpu() => mae_nn::product::bf16_kernel().name(),
+            DtypeArg::Bf16 => "cuda-bf16",
+            _ => mae_nn::product::Kernel::F32.name(),
+        }
+    }
+
     /// Refuses the values parsed only to explain why (f16).
     pub fn check(self) -> Result<()> {
         self.compute_dtype(&Device::Cpu).map(|_| ())

@@ -152,9 +152,13 @@ fn train(cfg: Pretrain, start: Start, world: Rc<dyn Collective>) -> Result<()> {
     // One process at a time in a run folder (rank 0's lock stands for the job); held to the end.
     let _lock = if is_main { Some(RunLock::acquire(&cfg.out)?) } else { None };
     if is_main {
+        let kernel = cfg.dtype.product_kernel(&device);
         if resume_from.is_none() {
             let path = cfg.out.join("config.toml");
             std::fs::write(&path, cfg.to_toml()?).with_context(|| format!("{}", path.display()))?;
+            run_folder::record_product_kernel(&cfg.out, kernel)?;
+        } else if let Some(warning) = run_folder::product_kernel_change(&cfg.out, kernel) {
+            tracing::warn!("{warning}");
         }
         announce(&cfg, &model, &data, &schedule, world.as_ref());
     }

@@ -128,8 +128,45 @@ pub fn resume_newest_good<T>(
     bail!("no checkpoint could be read:\n  {}", failures.join("\n  "))
 }
 
+/// The file of a run folder that names the kernel of its products (`products.json`).
+const PRODUCTS_FILE: &str = "products.json";
+
+/// Records which kernel runs the products of a new run (see `DtypeArg::product_kernel`).
+pub fn record_product_kernel(out: &Path, kernel: &str) -> Result<()> {
+    let path = out.join(PRODUCTS_FILE);
+    let json = serde_json::json!({ "product_kernel": kernel });
+    std::fs::write(&path, format!("{json}\n")).with_context(|| format!("{}", path.display()))
+}
+
+/// On resume: a warning when the run was started on another kernel than the one this machine
+/// runs now (the run goes on, but is no longer bit-identical to one that was not interrupted).
+/// Runs from before the file existed, or with an unreadable one, say nothing.
+pub fn product_kernel_change(out: &Path, kernel: &str) -> Option<String> {
+    let text = std::fs::read_to_string(out.join(PRODUCTS_FILE)).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let before = json.get("product_kernel")?.as_str()?;
+    (before != kernel).then(|| {
+        format!(
+            "this run's products ran on the {before} kernel and run on {kernel} here (another CPU, \
+             or MAE_PRODUCT): it goes on, but is no longer bit-identical to an uninterrupted run"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_resume_on_another_product_kernel_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(product_kernel_change(dir.path(), "f32"), None, "a run from before the file");
+        record_product_kernel(dir.path(), "avx512bf16").unwrap();
+        assert_eq!(product_kernel_change(dir.path(), "avx512bf16"), None);
+        let warning = product_kernel_change(dir.path(), "f32").expect("a warning");
+        assert!(
+            warning.contains("avx512bf16") && warning.contains("f32") && warning.contains("bit-identical")
+        );
+    }
+
     use super::*;
 
     #[test]

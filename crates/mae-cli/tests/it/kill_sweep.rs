@@ -77,7 +77,7 @@ fn fractions(n: usize) -> Vec<f64> {
 
 /// Starts the run, or resumes it when it has a complete checkpoint (a run killed before its
 /// first checkpoint is started again from scratch, as a user would).
-fn start_or_resume(dir: &Path) -> Command {
+fn start_or_resume(dir: &Path, extra: &[&str]) -> Command {
     let run = dir.join("killed");
     let mut cmd = mae();
     cmd.current_dir(dir);
@@ -85,7 +85,7 @@ fn start_or_resume(dir: &Path) -> Command {
         if run.exists() {
             std::fs::remove_dir_all(&run).unwrap();
         }
-        cmd.args(RUN).args(["--out", "killed"]);
+        cmd.args(RUN).args(extra).args(["--out", "killed"]);
     } else {
         cmd.args(["pretrain", "--resume", "killed", "--progress", "silent"]);
     }
@@ -94,9 +94,21 @@ fn start_or_resume(dir: &Path) -> Command {
 
 #[test]
 fn killed_at_random_moments_and_resumed_it_ends_bit_identical() {
+    sweep(&[]);
+}
+
+/// The same in bf16 (on the CPU: the linear layers' products on the bf16 kernel where the CPU
+/// has AVX512-BF16): the products are deterministic, the checkpoints f32.
+#[test]
+fn killed_at_random_moments_and_resumed_in_bf16_it_ends_bit_identical() {
+    sweep(&["--dtype", "bf16"]);
+}
+
+/// Runs straight, then killed and resumed, with `extra` flags; compares the last weights.
+fn sweep(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let o = mae().args(RUN).args(["--out", "straight"]).current_dir(dir.path()).output().unwrap();
+    let o = mae().args(RUN).args(extra).args(["--out", "straight"]).current_dir(dir.path()).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let duration = started.elapsed();
 
@@ -104,7 +116,7 @@ fn killed_at_random_moments_and_resumed_it_ends_bit_identical() {
     let run = dir.path().join("killed");
     let mut finished_early = 0;
     for (i, f) in fractions(kills).into_iter().enumerate() {
-        let mut child = start_or_resume(dir.path()).spawn().unwrap();
+        let mut child = start_or_resume(dir.path(), extra).spawn().unwrap();
         std::thread::sleep(duration.mul_f64(f));
         if child.try_wait().unwrap().is_some() {
             // The rest of the run took less than the delay: start the next kill from scratch.
@@ -125,7 +137,7 @@ fn killed_at_random_moments_and_resumed_it_ends_bit_identical() {
             if mid_write { ", a .tmp- folder left (a write or a prune cut short)" } else { "" }
         );
     }
-    let o = start_or_resume(dir.path()).output().unwrap();
+    let o = start_or_resume(dir.path(), extra).output().unwrap();
     assert!(o.status.success(), "the last resume: {}", String::from_utf8_lossy(&o.stderr));
     assert!(kills == 0 || finished_early < kills, "every kill came too late to test anything");
 

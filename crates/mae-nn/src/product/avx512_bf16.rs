@@ -81,7 +81,7 @@ pub unsafe fn matmul(c: &mut [f32], ldc: usize, a: MatRef, b: MatRef, accumulate
     let pairs = k.div_ceil(2);
     let m_tiles = m.div_ceil(MR);
     let n_strips = n.div_ceil(NR);
-    let pa = pack_a(a, m_tiles * MR, pairs);
+    let pa = pack_a(a, m_tiles, pairs);
     let pb = pack_b(b, n_strips, pairs);
     let (m_blocks, n_blocks) = (m_tiles.div_ceil(MC_TILES), n_strips.div_ceil(NC_STRIPS));
     let out = OutPtr(c.as_mut_ptr());
@@ -95,21 +95,10 @@ pub unsafe fn matmul(c: &mut [f32], ldc: usize, a: MatRef, b: MatRef, accumulate
                 let bp = pb.as_ptr().add(s * pairs * NR + kb * NR);
                 for t in mb * MC_TILES..((mb + 1) * MC_TILES).min(m_tiles) {
                     let rows = MR.min(m - t * MR);
-                    let ap = pa.data.as_ptr().add(t * MR * pa.rs + kb * pa.ps);
+                    let ap = pa.as_ptr().add(t * pairs * MR + kb * MR);
                     // SAFETY: tile (t, s) belongs to this task alone; the packed operands hold
                     // full tiles (zero padded) and the masks keep C's accesses inside it.
-                    tile(
-                        ap,
-                        pa.rs,
-                        pa.ps,
-                        bp,
-                        kp,
-                        out.at(t * MR * ldc + s * NR),
-                        ldc,
-                        rows,
-                        masks,
-                        accumulate || kb > 0,
-                    );
+                    tile(ap, bp, kp, out.at(t * MR * ldc + s * NR), ldc, rows, masks, accumulate || kb > 0);
                 }
             }
         }
@@ -125,14 +114,13 @@ fn lane_mask(count: usize) -> __mmask16 {
     }
 }
 
-/// The kernel: a 12 x 32 tile of C from `pairs` pairs of A (pair `p` of row `r` at
-/// `a[r * rs + p * ps]`) and of a B strip (`b[p * 32 + j]`); starts from C when `load`.
+/// The kernel: a 12 x 32 tile of C from `pairs` pairs of an A tile (pair `p` of row `r` at
+/// `a[p * 12 + r]`: constant offsets from one pointer) and of a B strip (`b[p * 32 + j]`);
+/// starts from C when `load`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     a: *const u32,
-    rs: usize,
-    ps: usize,
     b: *const u32,
     pairs: usize,
     c: *mut f32,
@@ -148,15 +136,17 @@ unsafe fn tile(
             row[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
         }
     }
-    for p in 0..pairs {
-        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
-        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
-        let ap = a.add(p * ps);
+    let (mut a, mut b) = (a, b);
+    for _ in 0..pairs {
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const _));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16) as *const _));
         for (r, row) in acc.iter_mut().enumerate() {
-            let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(r * rs) as i32));
+            let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r) as i32));
             row[0] = _mm512_dpbf16_ps(row[0], pair, b0);
             row[1] = _mm512_dpbf16_ps(row[1], pair, b1);
         }
+        a = a.add(MR);
+        b = b.add(NR);
     }
     for (r, row) in acc.iter().enumerate().take(rows) {
         _mm512_mask_storeu_ps(c.add(r * ldc), m0, row[0]);
@@ -164,48 +154,74 @@ unsafe fn tile(
     }
 }
 
-/// A packed A: pair `p` of row `i` at `data[i * rs + p * ps]`, rows padded to whole tiles.
-struct PackedA {
-    data: Vec<u32>,
-    rs: usize,
-    ps: usize,
-}
-
-/// Rows per task of the packing loops.
-const PACK_ROWS: usize = 16;
-
-unsafe fn pack_a(a: MatRef, rows_padded: usize, pairs: usize) -> PackedA {
+/// Packs A as tiles of 12 rows, pair `p` of row `r` of tile `t` at `[(t * pairs + p) * 12 + r]`
+/// (rows past `m` zero): the kernel reads a tile front to back.
+unsafe fn pack_a(a: MatRef, tiles: usize, pairs: usize) -> Vec<u32> {
     let (m, k) = (a.rows, a.cols);
-    if a.cs == 1 {
-        // Row-major: each row converts in memory order into its pairs.
-        let mut data = vec![0u32; rows_padded * pairs];
-        data.par_chunks_mut(pairs * PACK_ROWS).enumerate().for_each(|(chunk, dst)| {
-            for (r, row) in dst.chunks_mut(pairs).enumerate() {
-                let i = chunk * PACK_ROWS + r;
-                if i < m {
-                    convert_pairs(a.data.as_ptr().add(i * a.rs), k, row.as_mut_ptr());
+    let mut data = vec![0u32; tiles * pairs * MR];
+    data.par_chunks_mut(pairs * MR).enumerate().for_each(|(t, dst)| {
+        let rows = MR.min(m - t * MR);
+        if a.cs == 1 {
+            // Row-major: the tile's rows convert in memory order, then transpose into place.
+            pairs_transposed(a.data.as_ptr().add(t * MR * a.rs), a.rs, rows, k, dst.as_mut_ptr(), MR);
+        } else if a.rs == 1 {
+            // Transposed (the weight gradient's g^T): lines 2p and 2p+1 of k hold the tile's
+            // rows side by side, and interleave straight into pair p.
+            for p in 0..pairs {
+                let r0 = a.data.as_ptr().add(2 * p * a.cs + t * MR);
+                let r1 = (2 * p + 1 < k).then(|| a.data.as_ptr().add((2 * p + 1) * a.cs + t * MR));
+                interleave_pairs(r0, r1, rows, dst.as_mut_ptr().add(p * MR));
+            }
+        } else {
+            for r in 0..rows {
+                for p in 0..pairs {
+                    let i = t * MR + r;
+                    dst[p * MR + r] = scalar_pair(|kk| a.data[i * a.rs + kk * a.cs], 2 * p, k);
                 }
             }
-        });
-        PackedA { data, rs: pairs, ps: 1 }
-    } else if a.rs == 1 {
-        // Transposed (columns contiguous): rows 2p and 2p+1 of k interleave into pair p of
-        // every row.
-        let mut data = vec![0u32; pairs * rows_padded];
-        data.par_chunks_mut(rows_padded).enumerate().for_each(|(p, dst)| {
-            let r0 = a.data.as_ptr().add(2 * p * a.cs);
-            let r1 = (2 * p + 1 < k).then(|| a.data.as_ptr().add((2 * p + 1) * a.cs));
-            interleave_pairs(r0, r1, m, dst.as_mut_ptr());
-        });
-        PackedA { data, rs: 1, ps: rows_padded }
-    } else {
-        let mut data = vec![0u32; rows_padded * pairs];
-        for i in 0..m {
-            for p in 0..pairs {
-                data[i * pairs + p] = scalar_pair(|kk| a.data[i * a.rs + kk * a.cs], 2 * p, k);
-            }
         }
-        PackedA { data, rs: pairs, ps: 1 }
+    });
+    data
+}
+
+/// Converts `lines` (at most 16) lines of `k` contiguous f32, line `l` at `src + l * stride`,
+/// into pairs, and writes pair `p` of line `l` to `dst[p * dst_ps + l]`: a transpose, done a
+/// block of 64 pairs at a time through a buffer in L1 and a gather per pair.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pairs_transposed(
+    src: *const f32,
+    stride: usize,
+    lines: usize,
+    k: usize,
+    dst: *mut u32,
+    dst_ps: usize,
+) {
+    const BLOCK: usize = 64;
+    let mut buf = [0u32; 16 * BLOCK];
+    let index = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(BLOCK as i32),
+    );
+    let mask = lane_mask(lines);
+    let pairs = k.div_ceil(2);
+    for p0 in (0..pairs).step_by(BLOCK) {
+        let count = BLOCK.min(pairs - p0);
+        for l in 0..lines {
+            convert_pairs(
+                src.add(l * stride + 2 * p0),
+                (2 * count).min(k - 2 * p0),
+                buf.as_mut_ptr().add(l * BLOCK),
+            );
+        }
+        for p in 0..count {
+            let v = _mm512_mask_i32gather_epi32::<4>(
+                _mm512_setzero_si512(),
+                mask,
+                index,
+                buf.as_ptr().add(p) as *const i32,
+            );
+            _mm512_mask_storeu_epi32(dst.add((p0 + p) * dst_ps) as *mut i32, mask, v);
+        }
     }
 }
 
@@ -226,15 +242,14 @@ unsafe fn pack_b(b: MatRef, strips: usize, pairs: usize) -> Vec<u32> {
             }
         });
     } else if b.rs == 1 {
-        // Columns contiguous (the forward's W^T: a row of W per column): convert each column
-        // into its pairs, then scatter them into the strip.
+        // Columns contiguous (the forward's W^T: a row of W per column): 16 columns at a
+        // time convert and transpose into the strip.
         data.par_chunks_mut(strip_len).enumerate().for_each(|(s, dst)| {
-            let mut column = vec![0u32; pairs];
-            for lane in 0..NR.min(n - s * NR) {
-                convert_pairs(b.data.as_ptr().add((s * NR + lane) * b.cs), k, column.as_mut_ptr());
-                for (p, &v) in column.iter().enumerate() {
-                    dst[p * NR + lane] = v;
-                }
+            let cols = NR.min(n - s * NR);
+            for half in 0..cols.div_ceil(16) {
+                let lines = 16.min(cols - half * 16);
+                let src = b.data.as_ptr().add((s * NR + half * 16) * b.cs);
+                pairs_transposed(src, b.cs, lines, k, dst.as_mut_ptr().add(half * 16), NR);
             }
         });
     } else {
