@@ -70,12 +70,19 @@ pub fn median(xs: &[f64]) -> f64 {
 pub struct Round {
     pub ours: Run,
     pub torch: Option<Run>,
+    /// With `--dtype bf16`: torch in f32 too (`torch` is then its autocast run).
+    pub torch_f32: Option<Run>,
 }
 
 impl Round {
     /// Images per second, ours / torch.
     pub fn ratio(&self) -> Option<f64> {
         self.torch.as_ref().map(|t| self.ours.img_per_s / t.img_per_s)
+    }
+
+    /// Images per second, ours / torch in f32 (with `--dtype bf16`).
+    pub fn ratio_vs_torch_f32(&self) -> Option<f64> {
+        self.torch_f32.as_ref().map(|t| self.ours.img_per_s / t.img_per_s)
     }
 }
 
@@ -87,6 +94,7 @@ pub struct Row {
     /// [`Run::summarise`] of the rounds, each side.
     pub ours: Run,
     pub torch: Option<Run>,
+    pub torch_f32: Option<Run>,
 }
 
 impl Row {
@@ -94,7 +102,9 @@ impl Row {
         let ours = Run::summarise(&rounds.iter().map(|r| &r.ours).collect::<Vec<_>>());
         let torch: Option<Vec<&Run>> = rounds.iter().map(|r| r.torch.as_ref()).collect();
         let torch = torch.filter(|t| !t.is_empty()).map(|t| Run::summarise(&t));
-        Row { config, rounds, candle_num_threads, ours, torch }
+        let torch_f32: Option<Vec<&Run>> = rounds.iter().map(|r| r.torch_f32.as_ref()).collect();
+        let torch_f32 = torch_f32.filter(|t| !t.is_empty()).map(|t| Run::summarise(&t));
+        Row { config, rounds, candle_num_threads, ours, torch, torch_f32 }
     }
 
     pub fn gflops(&self) -> f64 {
@@ -104,6 +114,12 @@ impl Row {
     /// The median over the rounds of ours / torch images per second.
     pub fn ratio(&self) -> Option<f64> {
         let ratios: Option<Vec<f64>> = self.rounds.iter().map(Round::ratio).collect();
+        ratios.filter(|r| !r.is_empty()).map(|r| median(&r))
+    }
+
+    /// The median over the rounds of ours / torch-in-f32 images per second.
+    pub fn ratio_vs_torch_f32(&self) -> Option<f64> {
+        let ratios: Option<Vec<f64>> = self.rounds.iter().map(Round::ratio_vs_torch_f32).collect();
         ratios.filter(|r| !r.is_empty()).map(|r| median(&r))
     }
 
@@ -135,8 +151,11 @@ mod tests {
     fn one_round_is_itself() {
         let r = Run { peak_rss_mb: Some(500.0), ..run(100.0, 0.5) };
         let t = run(80.0, 0.6);
-        let row =
-            Row::new(all_configs()[0].clone(), vec![Round { ours: r.clone(), torch: Some(t.clone()) }], None);
+        let row = Row::new(
+            all_configs()[0].clone(),
+            vec![Round { ours: r.clone(), torch: Some(t.clone()), torch_f32: None }],
+            None,
+        );
         assert_eq!((&row.ours, row.torch.as_ref()), (&r, Some(&t)));
         assert_eq!(row.ratio(), Some(1.25));
         assert_eq!(row.ratio_best(), Some(0.6 / 0.5));
@@ -145,9 +164,9 @@ mod tests {
     #[test]
     fn rounds_give_medians() {
         let rounds = vec![
-            Round { ours: run(100.0, 0.5), torch: Some(run(50.0, 0.9)) }, // 2.0
-            Round { ours: run(90.0, 0.6), torch: Some(run(100.0, 0.5)) }, // 0.9
-            Round { ours: run(120.0, 0.4), torch: Some(run(100.0, 0.6)) }, // 1.2
+            Round { ours: run(100.0, 0.5), torch: Some(run(50.0, 0.9)), torch_f32: None }, // 2.0
+            Round { ours: run(90.0, 0.6), torch: Some(run(100.0, 0.5)), torch_f32: None }, // 0.9
+            Round { ours: run(120.0, 0.4), torch: Some(run(100.0, 0.6)), torch_f32: None }, // 1.2
         ];
         let row = Row::new(all_configs()[0].clone(), rounds, None);
         assert_eq!(row.ours.img_per_s, 100.0);
@@ -156,7 +175,11 @@ mod tests {
         assert_eq!(row.ratio(), Some(1.2));
         assert_eq!((row.ours.step_s_min, row.torch.as_ref().unwrap().step_s_min), (0.4, 0.5));
         // Without torch there is no ratio.
-        let row = Row::new(all_configs()[0].clone(), vec![Round { ours: run(1.0, 1.0), torch: None }], None);
+        let row = Row::new(
+            all_configs()[0].clone(),
+            vec![Round { ours: run(1.0, 1.0), torch: None, torch_f32: None }],
+            None,
+        );
         assert!(row.torch.is_none() && row.ratio().is_none() && row.ratio_best().is_none());
     }
 }

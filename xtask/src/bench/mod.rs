@@ -45,6 +45,7 @@ cargo xtask bench: time MAE training steps (forward, loss, backward, AdamW)
 
 USAGE:
     cargo xtask bench [--config A|B|C|all] [--steps N] [--rounds N] [--device cpu|cuda]
+                      [--dtype f32|bf16]
                       [--compare-torch] [--setup-torch] [--python PATH]
                       [--json] [--write-docs] [--no-loader]
 
@@ -71,6 +72,10 @@ OPTIONS:
                      per-round numbers are in the --json lines) [default: 1]
     --device D       cpu or cuda [default: cpu]; cuda builds with
                      --features mae-cli/cuda and needs nvcc (as `build --cuda`)
+    --dtype D        f32, or bf16: ours with `--dtype bf16` (on the CPU the bf16
+                     product kernel, `product_kernel` in the JSON), torch under
+                     bf16 autocast and, with --compare-torch, also in f32 in the
+                     same round: ratios to both [default: f32]
     --compare-torch  also run xtask/bench/torch_bench.py (timm + lightly, same
                      batch, torch.set_num_threads(<cores>)) and report the
                      ratio ours/torch of images per second
@@ -92,6 +97,7 @@ EXAMPLES:
     cargo xtask bench --config all --compare-torch --rounds 3 --no-loader
     cargo xtask bench --config all --compare-torch --python ~/venv/bin/python --write-docs
     cargo xtask bench --config all --device cuda --json
+    cargo xtask bench --config all --compare-torch --dtype bf16 --rounds 3 --no-loader
 ";
 
 const DEFAULT_STEPS: usize = 5;
@@ -102,6 +108,7 @@ struct Options {
     steps: usize,
     rounds: usize,
     device: String,
+    dtype: String,
     compare_torch: bool,
     setup_torch: bool,
     python: Option<String>,
@@ -117,6 +124,7 @@ fn parse(argv: Vec<String>) -> Result<Option<Options>> {
         steps: DEFAULT_STEPS,
         rounds: 1,
         device: "cpu".into(),
+        dtype: "f32".into(),
         compare_torch: false,
         setup_torch: false,
         python: None,
@@ -135,6 +143,12 @@ fn parse(argv: Vec<String>) -> Result<Option<Options>> {
                     return Err(args.usage(format!("--device: expected cpu or cuda, got `{}`", o.device)));
                 }
             }
+            "--dtype" => {
+                o.dtype = args.value(f)?;
+                if o.dtype != "f32" && o.dtype != "bf16" {
+                    return Err(args.usage(format!("--dtype: expected f32 or bf16, got `{}`", o.dtype)));
+                }
+            }
             "--compare-torch" => o.compare_torch = true,
             "--setup-torch" => o.setup_torch = true,
             "--python" => o.python = Some(args.value(f)?),
@@ -149,6 +163,10 @@ fn parse(argv: Vec<String>) -> Result<Option<Options>> {
         Parsed::Help => Ok(None),
         Parsed::Done { rest: Some(_) } => {
             Err(args.usage("`cargo xtask bench` takes no arguments after `--`".into()))
+        }
+        // The generated tables of docs/benchmarks.md are the f32 ones.
+        Parsed::Done { rest: None } if o.write_docs && o.dtype != "f32" => {
+            Err(args.usage("--write-docs writes the f32 tables: run it without --dtype bf16".into()))
         }
         Parsed::Done { rest: None } => Ok(Some(o)),
     }
@@ -239,11 +257,12 @@ fn measure_config(ctx: &Ctx, c: &Config, peak: Option<&(f64, String)>) -> Result
     let o = &ctx.o;
     let rounds = if o.rounds > 1 { format!(", {} rounds", o.rounds) } else { String::new() };
     Log::Stderr.step(&format!(
-        "config {}: {}, {} steps, {}{rounds}",
+        "config {}: {}, {} steps, {}, {}{rounds}",
         c.name,
         c.describe(),
         o.steps,
-        o.device
+        o.device,
+        o.dtype
     ));
     let mut all = Vec::new();
     let mut candle_num_threads = None;
@@ -253,11 +272,14 @@ fn measure_config(ctx: &Ctx, c: &Config, peak: Option<&(f64, String)>) -> Result
         }
         let (ours, ctn) = runner::run_ours(ctx, c)?;
         candle_num_threads = candle_num_threads.or(ctn);
-        let torch = match (&ctx.python, o.compare_torch) {
-            (Some(py), true) => Some(torch::run(ctx, py, c)?),
-            _ => None,
+        let (torch, torch_f32) = match (&ctx.python, o.compare_torch) {
+            (Some(py), true) if o.dtype == "bf16" => {
+                (Some(torch::run(ctx, py, c, "bf16")?), Some(torch::run(ctx, py, c, "f32")?))
+            }
+            (Some(py), true) => (Some(torch::run(ctx, py, c, "f32")?), None),
+            _ => (None, None),
         };
-        all.push(Round { ours, torch });
+        all.push(Round { ours, torch, torch_f32 });
     }
     let row = Row::new(c.clone(), all, candle_num_threads);
     if o.rounds > 1 {
@@ -312,5 +334,9 @@ mod tests {
         assert!(parse(argv(&["--config", "D"])).is_err());
         assert!(parse(argv(&["--bogus"])).is_err());
         assert!(parse(argv(&["--", "x"])).is_err());
+        let o = parse(argv(&["--dtype", "bf16", "--compare-torch"])).unwrap().unwrap();
+        assert_eq!(o.dtype, "bf16");
+        assert!(parse(argv(&["--dtype", "f16"])).is_err());
+        assert!(parse(argv(&["--dtype", "bf16", "--write-docs"])).is_err());
     }
 }

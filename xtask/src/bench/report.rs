@@ -43,6 +43,15 @@ pub fn print_rounds(row: &Row) {
             list(&|r| r.ratio(), 2)
         );
     }
+    if let (Some(t), Some(ratio)) = (&row.torch_f32, row.ratio_vs_torch_f32()) {
+        let _ = write!(
+            s,
+            "; torch f32 {:.2} img/s ({}); ours / torch f32 {ratio:.2}x ({})",
+            t.img_per_s,
+            list(&|r| r.torch_f32.as_ref().map(|t| t.img_per_s), 2),
+            list(&|r| r.ratio_vs_torch_f32(), 2)
+        );
+    }
     eprintln!("{s} (medians, then each round)");
 }
 
@@ -52,6 +61,17 @@ pub fn print_text(ctx: &Ctx, res: &Results) {
     println!("{}", markdown_table(&res.rows, res.peak.as_ref()));
     if ctx.o.rounds > 1 {
         println!("{}", rounds_note(ctx.o.rounds));
+    }
+    if ctx.o.dtype != "f32" {
+        println!("dtype {}: ours with --dtype {0}, torch's column under autocast ({0})", ctx.o.dtype);
+        for r in res.rows.iter().filter(|r| r.torch_f32.is_some()) {
+            let t = r.torch_f32.as_ref().map_or(f64::NAN, |t| t.img_per_s);
+            let ratio = r.ratio_vs_torch_f32().unwrap_or(f64::NAN);
+            println!(
+                "  config {}: torch f32 {t:.2} img/s, ours {} / torch f32 {ratio:.2}x",
+                r.config.name, ctx.o.dtype
+            );
+        }
     }
     if let Some((g, blas)) = &res.peak {
         println!(
@@ -86,6 +106,7 @@ pub fn row_json(r: &Row, o: &Options, peak: Option<&(f64, String)>, threads: usi
         ("preset", Value::Str(c.preset.into())),
         ("batch_size", num(c.batch as f64)),
         ("device", Value::Str(o.device.clone())),
+        ("dtype", Value::Str(o.dtype.clone())),
         ("steps", num(o.steps as f64)),
         ("threads", num(threads as f64)),
         ("candle_num_threads", r.candle_num_threads.clone().map_or(Value::Null, Value::Str)),
@@ -114,6 +135,16 @@ pub fn row_json(r: &Row, o: &Options, peak: Option<&(f64, String)>, threads: usi
             ("ratio_best", opt_num(r.ratio_best())),
         ]);
     }
+    if let Some(t) = &r.torch_f32 {
+        f.extend([
+            ("torch_f32_img_per_s", num(t.img_per_s)),
+            ("torch_f32_forward_s", num(t.forward_s)),
+            ("torch_f32_backward_s", num(t.backward_s)),
+            ("torch_f32_optimizer_s", num(t.optimizer_s)),
+            ("torch_f32_peak_rss_mb", opt_num(t.peak_rss_mb)),
+            ("ratio_vs_torch_f32", opt_num(r.ratio_vs_torch_f32())),
+        ]);
+    }
     if r.rounds.len() > 1 {
         let per_round = |g: &dyn Fn(&super::measure::Round) -> Option<f64>| {
             Value::Array(r.rounds.iter().map(|x| opt_num(g(x))).collect())
@@ -123,6 +154,10 @@ pub fn row_json(r: &Row, o: &Options, peak: Option<&(f64, String)>, threads: usi
         if r.torch.is_some() {
             f.push(("rounds_torch_img_per_s", per_round(&|x| x.torch.as_ref().map(|t| t.img_per_s))));
             f.push(("rounds_ratio", per_round(&|x| x.ratio())));
+        }
+        if r.torch_f32.is_some() {
+            f.push(("rounds_torch_f32_img_per_s", per_round(&|x| x.torch_f32.as_ref().map(|t| t.img_per_s))));
+            f.push(("rounds_ratio_vs_torch_f32", per_round(&|x| x.ratio_vs_torch_f32())));
         }
     }
     json_object(&f)
@@ -253,11 +288,17 @@ mod tests {
     fn json_lines_have_rounds_only_with_rounds() {
         let o = parse(vec![]).unwrap().unwrap();
         let a = all_configs()[0].clone();
-        let one = Row::new(a.clone(), vec![Round { ours: run(100.0), torch: Some(run(80.0)) }], None);
+        let one = Row::new(
+            a.clone(),
+            vec![Round { ours: run(100.0), torch: Some(run(80.0)), torch_f32: None }],
+            None,
+        );
         let line = parse_object(&row_json(&one, &o, None, 2)).unwrap();
         assert_eq!(get(&line, "ratio").and_then(Value::as_f64), Some(1.25));
         assert!(get(&line, "rounds").is_none() && get(&line, "rounds_ratio").is_none());
-        let rounds = (0..3).map(|i| Round { ours: run(100.0 + i as f64), torch: Some(run(100.0)) }).collect();
+        let rounds = (0..3)
+            .map(|i| Round { ours: run(100.0 + i as f64), torch: Some(run(100.0)), torch_f32: None })
+            .collect();
         let three = Row::new(a, rounds, None);
         let line = parse_object(&row_json(&three, &o, None, 2)).unwrap();
         assert_eq!(get(&line, "rounds").and_then(Value::as_f64), Some(3.0));

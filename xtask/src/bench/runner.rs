@@ -71,7 +71,7 @@ pub fn run_ours(ctx: &Ctx, c: &Config) -> Result<(Run, Option<String>)> {
     toolkit::apply_env(&mut cmd, &ctx.run_env);
     cmd.current_dir(&ctx.root).args(["bench", "--preset", c.preset]);
     cmd.args(["--batch-size", &c.batch.to_string(), "--steps", &o.steps.to_string()]);
-    cmd.args(["--device", &o.device, "--json"]);
+    cmd.args(["--device", &o.device, "--dtype", &o.dtype, "--json"]);
     let (obj, rss) = run_json(&mut cmd, "mae bench")?;
     let mut ours = Run::from_json(&obj, "mae bench")?;
     ours.peak_rss_mb = rss;

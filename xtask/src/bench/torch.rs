@@ -125,13 +125,15 @@ pub fn matmul_peak(ctx: &Ctx) -> Option<(f64, String)> {
 }
 
 /// One torch_bench.py run of config `c`, with the preset's shape.
-pub fn run(ctx: &Ctx, py: &Python, c: &Config) -> Result<Run> {
+/// torch's step of config `c` in `dtype` (`bf16`: under autocast).
+pub fn run(ctx: &Ctx, py: &Python, c: &Config, dtype: &str) -> Result<Run> {
     let (batch, steps) = (c.batch.to_string(), ctx.o.steps.to_string());
-    let mut cmd = script(ctx, py, &["--preset", c.preset, "--batch-size", &batch, "--steps", &steps]);
+    let args = ["--preset", c.preset, "--batch-size", &batch, "--steps", &steps, "--dtype", dtype];
+    let mut cmd = script(ctx, py, &args);
     cmd.args(c.shape.torch_args());
     let (obj, rss) = run_json(&mut cmd, "torch_bench.py")?;
     let mut t = Run::from_json(&obj, "torch_bench.py")?;
     t.peak_rss_mb = t.peak_rss_mb.or(rss);
-    report::print_run("torch:", &t);
+    report::print_run(if dtype == "f32" { "torch:" } else { "torch (autocast bf16):" }, &t);
     Ok(t)
 }
