@@ -295,6 +295,19 @@ pub fn info(args: InfoArgs) -> Result<()> {
             state.step, state.epoch, state.seed, state.written_by
         );
     }
+    // The run's product kernel (products.json of its run folder), and this machine's.
+    let run_kernel = resolved.ancestors().take(4).find_map(|d| {
+        let text = std::fs::read_to_string(d.join("products.json")).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        json.get("product_kernel")?.as_str().map(String::from)
+    });
+    if let Some(kernel) = run_kernel {
+        println!("products: trained on the {kernel} kernel");
+    }
+    println!(
+        "products here: f32 on gemm; --dtype bf16 on the {} kernel (MAE_PRODUCT forces one)",
+        mae_nn::product::bf16_kernel().name()
+    );
     println!("config: {}", serde_json::to_string_pretty(&config)?);
     Ok(())
 }

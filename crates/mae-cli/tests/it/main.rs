@@ -11,5 +11,6 @@ mod cli;
 mod data_formats;
 mod distributed;
 mod kill_sweep;
+mod products;
 mod run_mae;
 mod training;

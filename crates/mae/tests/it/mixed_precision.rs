@@ -135,3 +135,32 @@ fn cpu_bf16_step_runs_the_bf16_kernel_and_every_gradient_follows_f32() {
         }
     }
 }
+
+/// After an AdamW step the bf16 products use the new weights: the trained model's bf16 loss is,
+/// bit for bit, that of a fresh model built from copies of its weights (nothing packed from the
+/// old weights survives the step), and it differs from the loss before the step.
+#[test]
+fn after_an_optimizer_step_bf16_products_use_the_new_weights() {
+    let LoadedCase { config, batch: b, mut model, pixels, .. } = load_case("hf_tiny_a");
+    model.set_compute_dtype(Some(DType::BF16));
+    let noise = det_noise(b, config.num_patches());
+    let loss_of = |m: &mae::MaskedAutoencoder| {
+        m.forward_with_noise(&pixels, &noise).unwrap().loss.to_scalar::<f32>().unwrap()
+    };
+    let before = loss_of(&model);
+    let mut opt = mae_train::AdamW::new(model.named_vars(), mae_train::AdamWConfig::default()).unwrap();
+    let loss = model.forward_with_noise(&pixels, &noise).unwrap().loss;
+    let grads = loss.backward().unwrap();
+    let g: Vec<Tensor> = model.named_vars().iter().map(|(_, v)| grads.get(v).unwrap().clone()).collect();
+    opt.step(&g, 1e-3).unwrap();
+    let after = loss_of(&model);
+    assert_ne!(before.to_bits(), after.to_bits(), "the step changed nothing");
+
+    let copies: std::collections::HashMap<String, Tensor> =
+        model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().copy().unwrap())).collect();
+    let mut fresh =
+        mae::MaskedAutoencoder::from_tensors(&config, copies, "the trained weights", pixels.device())
+            .unwrap();
+    fresh.set_compute_dtype(Some(DType::BF16));
+    assert_eq!(loss_of(&fresh).to_bits(), after.to_bits(), "bf16 products used stale weights");
+}
