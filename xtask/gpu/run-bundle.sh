@@ -53,7 +53,7 @@ if stage test; then
     # mae-nn's CUDA kernels (LayerNorm, softmax, GELU, bias add) against candle's composed ops.
     if [ -x "$B/tests/mae-nn" ]; then
         step "test mae-nn CUDA kernels"
-        "$B/tests/mae-nn" cuda_tests:: --test-threads 1 2>&1 | tail -25 | tee -a "$OUT/tests.txt"
+        "$B/tests/mae-nn" cuda_tests:: --include-ignored --test-threads 1 2>&1 | tail -25 | tee -a "$OUT/tests.txt"
         [ "${PIPESTATUS[0]}" = 0 ] || failed+=("test:kernels")
     fi
     # One test binary (crates/mae/tests/it), run once per module that gpu-bundle listed.

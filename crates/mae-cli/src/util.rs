@@ -215,11 +215,14 @@ mod tests {
     /// is there before, -1 after.
     #[test]
     fn keep_freed_memory_turns_off_mimallocs_purge_delay() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
-        }
         // Safe: reads and sets mimalloc options.
         let before = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            // The user's setting wins: the call must leave it as mimalloc read it.
+            keep_freed_memory();
+            assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }, before);
+            return;
+        }
         assert!(
             before == 1000 || before == 10,
             "option {MI_OPTION_PURGE_DELAY} is {before}, not a purge delay"
