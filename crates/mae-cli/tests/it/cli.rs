@@ -407,3 +407,53 @@ fn event_records(run: &std::path::Path) -> Vec<Vec<u8>> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A checkpoint whose weights hold a NaN is refused on resume, naming the tensor and the file;
+/// the run goes on from the previous good checkpoint with a warning, and with none left it is
+/// an error that names every refusal.
+#[test]
+fn resume_refuses_non_finite_weights_and_falls_back_to_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = [
+        "pretrain",
+        "--data",
+        "synthetic:32",
+        "--batch-size",
+        "8",
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "2",
+        "--progress",
+        "silent",
+        "--out",
+        "run",
+    ];
+    // Stopped inside the checkpoint of step 6: those of steps 2 and 4 remain; 4's weights go bad.
+    let o = mae_with_fault(&run, dir.path(), "abort-in-checkpoint:6");
+    assert!(!o.status.success(), "the fault aborts the run");
+    let checkpoints = dir.path().join("run/checkpoints");
+    let bad = checkpoints.join("step-00000004/model.safetensors");
+    poison(&bad, "decoder_pred.weight", &bad);
+
+    let o = mae(&["pretrain", "--resume", "run", "--progress", "silent"], dir.path());
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("decoder_pred.weight") && err.contains("NaN"), "names the tensor: {err}");
+    assert!(err.contains("step-00000002") && err.contains("instead of the newer"), "falls back: {err}");
+    assert!(checkpoints.join("step-00000006/model.safetensors").is_file(), "the run finished");
+
+    // Every checkpoint poisoned: refused, each named.
+    let dir = tempfile::tempdir().unwrap();
+    let o = mae_with_fault(&run, dir.path(), "abort-in-checkpoint:6");
+    assert!(!o.status.success());
+    for step in ["step-00000002", "step-00000004"] {
+        let file = dir.path().join("run/checkpoints").join(step).join("model.safetensors");
+        poison(&file, "decoder_pred.weight", &file);
+    }
+    let o = mae(&["pretrain", "--resume", "run", "--progress", "silent"], dir.path());
+    assert_clean_failure(
+        &o,
+        &["no checkpoint could be read", "step-00000002", "step-00000004", "decoder_pred.weight"],
+    );
+}
