@@ -8,10 +8,12 @@
 //! pairs), into a 12 x 32 tile of f32 accumulators (24 of the 32 vector registers).
 //!
 //! - **Packing converts.** The f32 operands become bf16 (round to nearest even) while they are
-//!   packed: A as rows of pairs (`[row][pair]`, from a row-major operand) or pairs of rows
-//!   (`[pair][row]`, from a transposed one, the weight gradient's `g^T`), B as strips of 32
-//!   columns (`[strip][pair][32]`). Both vector paths read the operand in its memory order; only
-//!   B read across its columns (the forward's `W^T`) goes through a scalar scatter.
+//!   packed: A as tiles of 12 rows (`[tile][pair][12]`, so the kernel's 12 broadcasts are
+//!   constant offsets from one pointer), B as strips of 32 columns (`[strip][pair][32]`). An
+//!   operand whose lines run along `k` (row-major A, the forward's `W^T`) converts a line at a
+//!   time and is transposed into place through a buffer in L1 and a gather; one whose lines run
+//!   across `k` (the weight gradient's `g^T`, the backward's `W` and `x`) converts two lines at a
+//!   time, interleaved into pairs by a permute.
 //! - **Blocking.** 128 pairs (256 of `k`) of a B strip are 16 KiB and stay in L1 while the
 //!   kernel sweeps up to 8 row tiles of A; each task owns a block of 96 rows x 128 columns of
 //!   the output, so every output value is summed by one task in one order: the same bits on any
@@ -62,22 +64,14 @@ impl OutPtr {
     }
 }
 
-/// `c = a b` (`c += a b` with `accumulate`), `a` `m x k`, `b` `k x n`, `c` rows `ldc` apart.
+/// `c = a b` (`c += a b` with `accumulate`), `a` `m x k`, `b` `k x n`, `c` rows `ldc` apart;
+/// `m`, `n` and `k` are not zero (`product::matmul_into` answers those).
 ///
 /// # Safety
 /// The CPU must have the features of [`supported`], and the views and `c` must lie within their
 /// buffers (checked by `product::matmul_into`).
 pub unsafe fn matmul(c: &mut [f32], ldc: usize, a: MatRef, b: MatRef, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            (0..m).for_each(|i| c[i * ldc..i * ldc + n].fill(0.0));
-        }
-        return;
-    }
     let pairs = k.div_ceil(2);
     let m_tiles = m.div_ceil(MR);
     let n_strips = n.div_ceil(NR);

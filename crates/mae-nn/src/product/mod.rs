@@ -152,6 +152,16 @@ pub fn matmul_into(
         candle_core::bail!("product: a view outside its buffer ([{m}x{k}] x [{k}x{n}], ldc {ldc})")
     }
     let kernel = kernel_for(precision);
+    if m == 0 || n == 0 {
+        return Ok(kernel);
+    }
+    if k == 0 {
+        // An empty sum: zeros, or C as it is.
+        if !accumulate {
+            (0..m).for_each(|i| c[i * ldc..i * ldc + n].fill(0.0));
+        }
+        return Ok(kernel);
+    }
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Bf16 => {
@@ -168,18 +178,9 @@ pub fn matmul_into(
     Ok(kernel)
 }
 
-/// The f32 product on the gemm crate, on rayon's pool.
+/// The f32 product on the gemm crate, on rayon's pool (`m`, `n` and `k` not zero).
 fn gemm_f32(c: &mut [f32], ldc: usize, a: MatRef, b: MatRef, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            (0..m).for_each(|i| c[i * ldc..i * ldc + n].fill(0.0));
-        }
-        return;
-    }
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the views and c were checked against their buffers by the caller.

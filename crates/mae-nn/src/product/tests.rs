@@ -190,3 +190,19 @@ fn round_to_bf16_rounds_ties_to_even_and_keeps_nan() {
     assert_eq!(round_to_bf16(f32::INFINITY), f32::INFINITY);
     assert_eq!(round_to_bf16(f32::MAX), f32::INFINITY, "past bf16's largest finite value");
 }
+
+#[test]
+fn empty_products_are_zeros_or_leave_c_as_it_is() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        let (a, b) = (vec![0f32; 0], vec![0f32; 0]);
+        let mut c = vec![5f32; 6];
+        let (a0, b0) = (MatRef::row_major(&a, 2, 0), MatRef::row_major(&b, 0, 3));
+        matmul_into(&mut c, 3, a0, b0, true, precision).expect("product");
+        assert_eq!(c, vec![5.0; 6], "k = 0, accumulate: C unchanged");
+        matmul_into(&mut c, 3, a0, b0, false, precision).expect("product");
+        assert_eq!(c, vec![0.0; 6], "k = 0: zeros");
+        let mut none: Vec<f32> = Vec::new();
+        let (a1, b1) = (MatRef::row_major(&a, 0, 4), MatRef::row_major(&[1f32; 8], 4, 2));
+        matmul_into(&mut none, 2, a1, b1, false, precision).expect("m = 0: nothing to do");
+    }
+}
