@@ -9,7 +9,7 @@ use mae::{MaeConfig, MaskedAutoencoder};
 use mae_data::Transform;
 
 use crate::embed_out::EmbedFormat;
-use crate::flags::{choice, cores, PoolArg};
+use crate::flags::{choice, cores, DtypeArg, PoolArg};
 use crate::util;
 
 #[derive(Args)]
@@ -106,11 +106,15 @@ pub struct EmbedArgs {
     pub batch_size: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// f32, or bf16 (the encoder's matrix products in bf16 with f32 sums).
+    #[arg(long, default_value = "f32", value_parser = choice::<DtypeArg>())]
+    pub dtype: DtypeArg,
 }
 
 pub fn embed(args: EmbedArgs) -> Result<()> {
     let device = util::parse_device(&args.device)?;
-    let encoder = util::load_or_init_encoder(Some(&args.weights), None, 0, &device)?;
+    let mut encoder = util::load_or_init_encoder(Some(&args.weights), None, 0, &device)?;
+    encoder.set_compute_dtype(args.dtype.compute_dtype(&device)?);
     let dataset = util::open_dataset(&args.data, "--data", encoder.config().image_size[0])?;
     let normalize = util::run_normalize(Some(&args.weights), encoder.config().in_channels);
     let transform = mae_eval::eval_transform(encoder.vit().config(), normalize.as_ref());
@@ -170,6 +174,9 @@ pub struct KnnArgs {
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// f32, or bf16 (the encoder's matrix products in bf16 with f32 sums).
+    #[arg(long, default_value = "f32", value_parser = choice::<DtypeArg>())]
+    pub dtype: DtypeArg,
 }
 
 impl KnnArgs {
@@ -189,7 +196,8 @@ pub fn knn(args: KnnArgs) -> Result<()> {
     args.check()?;
     let device = util::parse_device(&args.device)?;
     let (weights, preset) = (args.weights.as_deref(), args.preset.as_deref());
-    let encoder = util::load_or_init_encoder(weights, preset, args.seed, &device)?;
+    let mut encoder = util::load_or_init_encoder(weights, preset, args.seed, &device)?;
+    encoder.set_compute_dtype(args.dtype.compute_dtype(&device)?);
     let size = encoder.config().image_size[0];
     let train = util::open_dataset(&args.train, "--train", size)?;
     let test = util::open_dataset(&args.test, "--test", size)?;

@@ -22,6 +22,12 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// The dtype of the matrix products (`Some(BF16)`: mixed precision, on the CPU the bf16
+    /// product kernel of `mae_nn::product`); weights and everything else stay f32.
+    pub fn set_compute_dtype(&mut self, dtype: Option<candle_core::DType>) {
+        self.vit.set_compute_dtype(dtype);
+    }
+
     /// An encoder over the given weights (timm names), checking that every parameter is present
     /// with the right shape; other tensors (a decoder, say) are left alone. Weights become f32
     /// on `device`; a fixed sin-cos table in `tensors` is only compared (with a warning).

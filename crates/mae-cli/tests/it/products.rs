@@ -79,3 +79,30 @@ fn a_run_records_its_product_kernel_and_a_resume_on_another_warns() {
     let differs = !bench_kernel(Some("avx512bf16"), "bf16").eq("f32");
     assert_eq!(stderr(&o).contains("no longer bit-identical"), differs, "{}", stderr(&o));
 }
+
+/// `mae embed --dtype bf16`: the encoder's products in bf16 give features within bf16's
+/// tolerance of the f32 ones (and not the same bits, where the bf16 kernel runs).
+#[test]
+fn embed_in_bf16_stays_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/hf_tiny_a");
+    let features = |dtype: &str| -> Vec<f32> {
+        let out = format!("{dtype}.safetensors");
+        let args =
+            ["embed", "--weights", weights, "--data", "synthetic:8@test", "--out", &out, "--dtype", dtype];
+        let o = mae(&args, dir.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let bytes = std::fs::read(dir.path().join(&out)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("features").unwrap();
+        t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    };
+    let (f32s, bf16s) = (features("f32"), features("bf16"));
+    assert_eq!(f32s.len(), bf16s.len());
+    let norm = f32s.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let diff = f32s.iter().zip(&bf16s).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+    assert!(diff < 2e-2 * norm, "bf16 features off by {diff} of {norm}");
+    if bench_kernel(None, "bf16") == "avx512bf16" {
+        assert!(diff > 0.0, "bf16 features equal the f32 ones: the products did not run in bf16");
+    }
+}
