@@ -64,7 +64,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut model = MaskedAutoencoder::new(&config, 0, &device)?;
     model.set_compute_dtype(args.dtype.compute_dtype(&device)?);
     let phases = time_steps(model, args.batch_size, args.steps)?;
-    let record = record(&phases[WARMUP_STEPS.min(phases.len())..], &args);
+    let record = record(&phases[WARMUP_STEPS.min(phases.len())..], &args, &device);
     if args.json {
         println!("{record}");
     } else {
@@ -134,7 +134,7 @@ impl BatchSource for StandInBatches {
 }
 
 /// What `mae bench` prints: one JSON object (read by `cargo xtask bench`).
-fn record(timed: &[PhaseTimes], args: &BenchArgs) -> serde_json::Value {
+fn record(timed: &[PhaseTimes], args: &BenchArgs, device: &Device) -> serde_json::Value {
     let mut steps: Vec<f64> = timed.iter().map(PhaseTimes::step_s).collect();
     steps.sort_by(f64::total_cmp);
     // At least one timed step: `bench` refuses --steps 0.
@@ -148,7 +148,7 @@ fn record(timed: &[PhaseTimes], args: &BenchArgs) -> serde_json::Value {
         "dtype": args.dtype.name(),
         // The kernel of the linear layers' products: f32, or the bf16 kernel bf16 runs on
         // this CPU (`MAE_PRODUCT` forces one).
-        "product_kernel": args.dtype.product_kernel(&crate::util::parse_device(&args.device).unwrap_or(Device::Cpu)),
+        "product_kernel": args.dtype.product_kernel(device),
         "step_s_median": median,
         "step_s_min": steps.first(),
         "step_s_max": steps.last(),

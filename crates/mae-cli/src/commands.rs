@@ -304,11 +304,8 @@ pub fn info(args: InfoArgs) -> Result<()> {
         );
     }
     // The run's product kernel (products.json of its run folder), and this machine's.
-    let run_kernel = resolved.ancestors().take(4).find_map(|d| {
-        let text = std::fs::read_to_string(d.join("products.json")).ok()?;
-        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-        json.get("product_kernel")?.as_str().map(String::from)
-    });
+    // The weights file sits up to three folders below its run folder (run/checkpoints/step-N/).
+    let run_kernel = resolved.ancestors().take(4).find_map(crate::run_folder::recorded_product_kernel);
     if let Some(kernel) = run_kernel {
         println!("products: trained on the {kernel} kernel");
     }

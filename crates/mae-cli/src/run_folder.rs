@@ -138,13 +138,18 @@ pub fn record_product_kernel(out: &Path, kernel: &str) -> Result<()> {
     std::fs::write(&path, format!("{json}\n")).with_context(|| format!("{}", path.display()))
 }
 
+/// The kernel `products.json` of the run folder `out` names, if it has a readable one.
+pub fn recorded_product_kernel(out: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(out.join(PRODUCTS_FILE)).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json.get("product_kernel")?.as_str().map(String::from)
+}
+
 /// On resume: a warning when the run was started on another kernel than the one this machine
 /// runs now (the run goes on, but is no longer bit-identical to one that was not interrupted).
 /// Runs from before the file existed, or with an unreadable one, say nothing.
 pub fn product_kernel_change(out: &Path, kernel: &str) -> Option<String> {
-    let text = std::fs::read_to_string(out.join(PRODUCTS_FILE)).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let before = json.get("product_kernel")?.as_str()?;
+    let before = recorded_product_kernel(out)?;
     (before != kernel).then(|| {
         format!(
             "this run's products ran on the {before} kernel and run on {kernel} here (another CPU, \

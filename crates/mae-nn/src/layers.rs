@@ -140,8 +140,9 @@ impl Attention {
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?; // [B, N, 3D], q, k, v heads side by side
-                                        // bf16 on the CPU: the attention op's own products stay f32 (its kernel has no bf16
-                                        // path yet); the projections around it are bf16.
+
+        // bf16 on the CPU: the attention op's own products stay f32 (its kernel has no bf16
+        // path yet); the projections around it are bf16.
         let compute = match self.compute {
             Some(DType::BF16) if fused::on_cpu_f32(&[&qkv]) => None,
             other => other,
